@@ -1,0 +1,284 @@
+"""The bounded buffer and its batching decisions. No threads, no I/O; the clock is passed in.
+
+Producers call :meth:`BatchBuffer.offer` (O(1), never blocks). Everything else runs on the one
+worker thread: :meth:`drain` takes items off the queue in order, encodes them and groups them into
+batches by (method, model_id); :meth:`seal_due` closes batches that are full, old enough or
+flushed; the worker sends :attr:`ready` batches and reports back with :meth:`resolve`.
+
+Every drained item gets a sequence number in queue order. That gives the two ordering rules:
+an update batch waits in :attr:`held` until every publish of its model drained before it is
+resolved (so a PATCH never overtakes the POST of its event), and ``flush()`` waits until every item
+with a number below its mark is resolved.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Optional, Union
+
+from cachetools import LRUCache
+
+from fiddler_trace._event import Event, Update, publish_row, update_row
+
+__all__ = ["PATCH", "POST", "Batch", "BatchBuffer", "Item"]
+
+POST = "POST"
+PATCH = "PATCH"
+Item = Union[Event, Update]
+Encoder = Callable[[dict[str, Any]], bytes]
+
+
+class Batch:
+    """Events of one (method, model_id) sent in one request, with their retry state."""
+
+    __slots__ = (
+        "attempts",
+        "created",
+        "encoded",
+        "first_attempt",
+        "items",
+        "method",
+        "model_id",
+        "nbytes",
+        "seqs",
+    )
+
+    def __init__(self, method: str, model_id: str, created: float) -> None:
+        self.method = method
+        self.model_id = model_id
+        self.created = created
+        self.items: list[Item] = []
+        self.encoded: list[bytes] = []
+        self.seqs: list[int] = []
+        self.nbytes = 0
+        self.attempts = 0  # failed attempts so far
+        self.first_attempt: Optional[float] = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"Batch({self.method} {self.model_id}, {len(self.items)} events)"
+
+    def add(self, item: Item, encoded: bytes, seq: int) -> None:
+        self.items.append(item)
+        self.encoded.append(encoded)
+        self.seqs.append(seq)
+        self.nbytes += len(encoded) + 1
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """Two batches with the first and second half of the events, keeping the retry clock."""
+        middle = len(self.items) // 2
+        parts = []
+        for part in (slice(None, middle), slice(middle, None)):
+            half = Batch(self.method, self.model_id, self.created)
+            half.items, half.encoded, half.seqs = (
+                self.items[part],
+                self.encoded[part],
+                self.seqs[part],
+            )
+            half.nbytes = sum(len(e) + 1 for e in half.encoded)
+            half.first_attempt = self.first_attempt
+            parts.append(half)
+        return parts[0], parts[1]
+
+    def without(self, drop: Iterable[int]) -> None:
+        """Remove the events at the given indexes."""
+        gone = set(drop)
+        keep = [i for i in range(len(self.items)) if i not in gone]
+        self.items = [self.items[i] for i in keep]
+        self.encoded = [self.encoded[i] for i in keep]
+        self.seqs = [self.seqs[i] for i in keep]
+        self.nbytes = sum(len(e) + 1 for e in self.encoded)
+
+
+class BatchBuffer:
+    """Bounded queue plus the batches built from it.
+
+    Args:
+        max_events: most events held, counting queued, batched, in flight and retrying.
+        batch_size: most events in a batch.
+        max_batch_bytes: most encoded bytes in a batch.
+        flush_interval: seconds a batch waits for more events.
+        encode: row -> JSON bytes.
+        on_offer_wake: called (cheaply, rarely) when a producer should wake the worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_events: int,
+        batch_size: int,
+        max_batch_bytes: int,
+        flush_interval: float,
+        encode: Encoder,
+        wake: threading.Event,
+        dropped: itertools.count,  # type: ignore[type-arg]
+        failed_id_memory: int = 100_000,
+    ) -> None:
+        self.max_events = max_events
+        self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self.flush_interval = flush_interval
+        self._encode = encode
+        self._wake = wake
+        self._dropped = dropped
+        self.queue: collections.deque[Item] = collections.deque()
+        self.accepted = itertools.count()  # items ever offered and kept; the flush mark
+        self.outstanding = 0  # drained but not yet resolved; written by the worker only
+        self.drained = 0  # next sequence number
+        self.pending: dict[tuple[str, str], Batch] = {}
+        self.ready: collections.deque[Batch] = collections.deque()
+        self.held: list[Batch] = []  # update batches waiting for their publishes
+        self.open: set[Batch] = set()  # every drained, unresolved batch
+        self._failed_ids: LRUCache[tuple[str, str], bool] = LRUCache(maxsize=failed_id_memory)
+
+    # -- producer side: any thread -------------------------------------------------------------
+
+    def offer(self, item: Item) -> bool:
+        """Queue an item; False (and counted) when the buffer is full. Never blocks."""
+        queue = self.queue
+        if len(queue) + self.outstanding >= self.max_events:
+            next(self._dropped)
+            return False
+        queue.append(item)
+        next(self.accepted)
+        depth = len(queue)
+        # Wake the worker when a batch starts (so its age counts from now) and when one fills.
+        if (depth == 1 or depth >= self.batch_size) and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def depth(self) -> int:
+        """Events held: queued plus drained and unresolved."""
+        return len(self.queue) + self.outstanding
+
+    # -- worker side: the worker thread only ---------------------------------------------------
+
+    def drain(self, now: float) -> list[tuple[Item, int, str]]:
+        """Move queued items into batches. Returns (item, seq, reason) for items refused."""
+        refused: list[tuple[Item, int, str]] = []
+        queue = self.queue
+        while queue:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            seq = self.drained
+            self.drained += 1
+            if isinstance(item, Event):
+                method, row = POST, publish_row(item)
+            else:
+                method, row = PATCH, update_row(item)
+            encoded = self._encode(row)
+            if len(encoded) + 1 > self.max_batch_bytes:
+                refused.append((item, seq, f"{len(encoded)} bytes encoded, over the request limit"))
+                continue
+            key = (method, item.model_id)
+            batch = self.pending.get(key)
+            if batch is not None and batch.nbytes + len(encoded) + 1 > self.max_batch_bytes:
+                self._seal(key)
+                batch = None
+            if batch is None:
+                batch = self.pending[key] = Batch(method, item.model_id, now)
+                self.open.add(batch)
+            batch.add(item, encoded, seq)
+            self.outstanding += 1
+            if len(batch) >= self.batch_size:
+                self._seal(key)
+        return refused
+
+    def seal_due(self, now: float, force: bool = False) -> None:
+        """Close batches that waited ``flush_interval`` (all of them when ``force``)."""
+        for key, batch in list(self.pending.items()):
+            if force or now - batch.created >= self.flush_interval:
+                self._seal(key)
+
+    def next_due(self) -> Optional[float]:
+        """When the oldest pending batch is due, on the worker's clock; None if none pends."""
+        if not self.pending:
+            return None
+        return min(b.created for b in self.pending.values()) + self.flush_interval
+
+    def _seal(self, key: tuple[str, str]) -> None:
+        batch = self.pending.pop(key)
+        if batch.method == PATCH:
+            self.held.append(batch)
+        else:
+            self.ready.append(batch)
+
+    def release_updates(self) -> Iterator[tuple[Batch, list[Item]]]:
+        """Move held update batches whose publishes are all resolved to :attr:`ready`.
+
+        Yields each released batch with the updates taken out of it because the publish of their
+        event failed for good; the caller resolves those as failed.
+        """
+        still: list[Batch] = []
+        for batch in self.held:
+            if self._publishes_before(batch.model_id, batch.seqs[-1]):
+                still.append(batch)
+                continue
+            dead = [
+                i for i, u in enumerate(batch.items) if (u.model_id, u.event_id) in self._failed_ids
+            ]
+            lost = [batch.items[i] for i in dead]
+            if dead:
+                lost_seqs = [batch.seqs[i] for i in dead]
+                batch.without(dead)
+                self.outstanding -= len(dead)
+                yield _lost_batch(batch, lost, lost_seqs), lost
+            if batch.items:
+                self.ready.append(batch)
+            else:
+                self.open.discard(batch)
+        self.held = still
+
+    def _publishes_before(self, model_id: str, seq: int) -> bool:
+        return any(
+            b.method == POST and b.model_id == model_id and b.seqs and b.seqs[0] < seq
+            for b in self.open
+        )
+
+    def resolve(self, batch: Batch, delivered: bool) -> None:
+        """The batch is done: delivered, or failed for good."""
+        self.open.discard(batch)
+        self.outstanding -= len(batch)
+        if not delivered and batch.method == POST:
+            for item in batch.items:
+                self._failed_ids[(item.model_id, item.event_id)] = True
+
+    def replace(self, batch: Batch, parts: Iterable[Batch]) -> None:
+        """Put split parts of ``batch`` at the front of the send order, in order."""
+        self.open.discard(batch)
+        for part in reversed(list(parts)):
+            self.open.add(part)
+            self.ready.appendleft(part)
+
+    def lowest_open_seq(self) -> int:
+        """The smallest sequence number not yet resolved (``drained`` when all are)."""
+        lowest = self.drained
+        for batch in self.open:
+            if batch.seqs and batch.seqs[0] < lowest:
+                lowest = batch.seqs[0]
+        return lowest
+
+    def take_all(self) -> list[Batch]:
+        """Remove and return every unresolved batch and queued item (as batches): for the exit."""
+        self.drain(float("-inf"))
+        self.seal_due(0.0, force=True)
+        batches = list(self.open)
+        self.open.clear()
+        self.ready.clear()
+        self.held.clear()
+        self.outstanding = 0
+        return batches
+
+
+def _lost_batch(batch: Batch, items: list[Item], seqs: list[int]) -> Batch:
+    lost = Batch(batch.method, batch.model_id, batch.created)
+    lost.items, lost.seqs = items, seqs
+    lost.encoded = [b""] * len(items)
+    return lost

@@ -1,0 +1,94 @@
+"""What capture hands the pipeline: raw values taken on the hot path, rows built on the worker.
+
+The caller's thread only takes a reference to the columns, an id and ``time.time()``; building the
+row (id and timestamp columns, the ISO timestamp) and encoding it happen in :func:`publish_row` and
+:func:`update_row`, on the worker or in the testing sink.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+__all__ = ["Event", "Update", "format_timestamp", "publish_row", "update_row"]
+
+
+class Event:
+    """One captured prediction, for ``POST /v3/events``."""
+
+    __slots__ = ("columns", "event_id", "id_column", "model_id", "timestamp", "ts_column")
+
+    def __init__(
+        self,
+        model_id: str,
+        event_id: str,
+        timestamp: float,
+        columns: dict[str, Any],
+        id_column: str = "event_id",
+        ts_column: str = "timestamp",
+    ) -> None:
+        self.model_id = model_id
+        self.event_id = event_id
+        self.timestamp = timestamp  # seconds since the epoch, as time.time() gives
+        self.columns = columns
+        self.id_column = id_column
+        self.ts_column = ts_column
+
+    def __repr__(self) -> str:
+        return f"Event(model_id={self.model_id!r}, event_id={self.event_id!r})"
+
+
+class Update:
+    """Ground truth or a correction for an event, for ``PATCH /v3/events``."""
+
+    __slots__ = ("columns", "event_id", "id_column", "model_id")
+
+    def __init__(
+        self, model_id: str, event_id: str, columns: dict[str, Any], id_column: str = "event_id"
+    ) -> None:
+        self.model_id = model_id
+        self.event_id = event_id
+        self.columns = columns
+        self.id_column = id_column
+
+    def __repr__(self) -> str:
+        return f"Update(model_id={self.model_id!r}, event_id={self.event_id!r})"
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def format_timestamp(seconds: float) -> str:
+    """UTC ISO 8601 with milliseconds and ``Z``.
+
+    The date-and-time part is cached per whole second: events arrive many to a second, and
+    ``strftime`` is most of the cost.
+    """
+    global _second_cache
+    millis = int(seconds * 1000.0)
+    whole, ms = divmod(millis, 1000)
+    cached_second, prefix = _second_cache
+    if whole != cached_second:
+        moment = dt.datetime.fromtimestamp(whole, dt.timezone.utc)
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache = (whole, prefix)
+    return f"{prefix}.{ms:03d}Z"
+
+
+def publish_row(event: Event) -> dict[str, Any]:
+    """The event as the flat row Fiddler stores: columns, then the id and timestamp columns.
+
+    The id and timestamp columns win over a captured column of the same name: they are the key
+    Fiddler matches updates and time ranges on.
+    """
+    row = dict(event.columns)
+    row[event.id_column] = event.event_id
+    row[event.ts_column] = format_timestamp(event.timestamp)
+    return row
+
+
+def update_row(update: Update) -> dict[str, Any]:
+    """The PATCH row: the event id column and the changed columns, nothing else."""
+    row = dict(update.columns)
+    row[update.id_column] = update.event_id
+    return row

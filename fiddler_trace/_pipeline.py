@@ -1,0 +1,329 @@
+"""The process's one pipeline: settings + buffer + worker + client; lifecycle, exit and fork.
+
+Capture code calls :func:`submit` on the hot path. It costs a few attribute reads and a deque
+append; the pipeline and its thread start lazily on the first event, and again in a forked child,
+which never sees its parent's events.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any, Callable, Optional
+
+import httpx
+
+from fiddler_trace._buffer import BatchBuffer, Item
+from fiddler_trace._client import EventsClient
+from fiddler_trace._clock import Clock, monotonic
+from fiddler_trace._config import Settings, load_settings
+from fiddler_trace._encode import dumps
+from fiddler_trace._stats import Stats
+from fiddler_trace._worker import THREAD_NAME, BatchWorker
+
+__all__ = [
+    "Pipeline",
+    "configure",
+    "current",
+    "flush",
+    "install_sink",
+    "reset",
+    "settings",
+    "shutdown",
+    "stats",
+    "submit",
+]
+
+logger = logging.getLogger("fiddler_trace")
+Sink = Callable[[Item], bool]
+
+
+class Pipeline:
+    """Buffer, worker thread and client for one process.
+
+    Args:
+        settings: validated settings; ``url`` and ``token`` must be set.
+        stats: the counters to add to (the process's, shared by successive pipelines).
+        transport: an httpx transport for the client (tests).
+        clock: the worker's monotonic clock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stats: Optional[Stats] = None,
+        transport: Optional[httpx.BaseTransport] = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.stats = Stats() if stats is None else stats
+        self._transport = transport
+        self._client: Optional[EventsClient] = None
+        self.wake = threading.Event()
+        self.buffer = BatchBuffer(
+            max_events=settings.max_queue_size,
+            batch_size=settings.batch_size,
+            max_batch_bytes=settings.max_batch_bytes,
+            flush_interval=settings.flush_interval,
+            encode=dumps,
+            wake=self.wake,
+            dropped=self.stats.dropped,
+        )
+        self.worker = BatchWorker(
+            self.buffer,
+            self._send,
+            self.stats,
+            retry_deadline=settings.retry_deadline,
+            clock=clock,
+            wake=self.wake,
+        )
+        self.running = False
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Pipeline(url={self.settings.url!r}, depth={self.buffer.depth()})"
+
+    def _send(self, method: str, body: bytes, headers: Optional[dict[str, str]]) -> object:
+        if self._client is None:  # built on the worker: TLS setup costs milliseconds
+            self._client = EventsClient(
+                self.settings.url or "",
+                self.settings.token or "",
+                timeout=self.settings.timeout,
+                verify=self.settings.verify,
+                transport=self._transport,
+                max_request_bytes=self.settings.max_batch_bytes,
+            )
+        return self._client.send(method, body, headers=headers)
+
+    def enqueue(self, item: Item) -> bool:
+        """Queue an item for delivery; False when dropped. O(1); never blocks, never raises."""
+        if not self.running:
+            self._start()
+        return self.buffer.offer(item)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self.running or self._closed:
+                return
+            self.running = True
+            self.worker.stopping = False
+            thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(idle_wait=max(self.settings.flush_interval, 0.05))
+        finally:
+            self.running = False  # the next enqueue starts a new thread
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything queued before the call is delivered or failed for good.
+
+        Returns True only when all of it was delivered. Never raises.
+        """
+        if threading.current_thread() is self._thread:
+            return False  # e.g. a log handler flushed from the worker: waiting would deadlock
+        if self._thread is None:
+            return self.buffer.depth() == 0
+        if not self.running and not self._closed:
+            self._start()
+        waiter = self.worker.add_waiter()
+        if not waiter.done.wait(timeout):
+            self.worker.remove_waiter(waiter)
+            return False
+        return waiter.delivered
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """Flush within ``timeout``, stop the thread, close connections. Idempotent.
+
+        Returns True when everything was delivered.
+        """
+        start = monotonic()
+        delivered = self.flush(timeout)
+        with self._start_lock:
+            self._closed = True
+            self.worker.stopping = True
+        self.wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            left = None if timeout is None else max(0.0, timeout - (monotonic() - start))
+            thread.join(left)
+        if (thread is None or not thread.is_alive()) and self._client is not None:
+            self._client.close()
+        return delivered
+
+    def leftover(self) -> int:
+        """Events not delivered, after shutdown."""
+        return self.buffer.depth()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.stats.snapshot(self.buffer.depth())
+
+
+# -- process-wide state ------------------------------------------------------------------------
+
+_lock = threading.RLock()
+_settings: Optional[Settings] = None
+_current: Optional[Pipeline] = None
+_sink: Optional[Sink] = None
+_exiting = False
+#: The process's counters; capture code bumps the hot ones (``next(STATS.captured)``).
+STATS = Stats()
+_transport: Optional[httpx.BaseTransport] = None  # tests only
+
+#: Read on the hot path: capture is on (enabled, or a test sink is installed).
+capturing = False
+
+
+def settings() -> Settings:
+    """The settings in force; read from the environment on first use.
+
+    Raises:
+        ConfigurationError: a ``FIDDLER_*`` variable is invalid.
+    """
+    global _settings, capturing
+    if _settings is None:
+        with _lock:
+            if _settings is None:
+                _settings = load_settings()
+                capturing = _settings.enabled or _sink is not None
+    return _settings
+
+
+def configure(**overrides: Any) -> Settings:
+    """Apply ``init(**overrides)``: the environment, then the arguments; restarts the pipeline.
+
+    Raises:
+        ConfigurationError: a value is invalid; nothing changes then.
+    """
+    global _settings, capturing
+    new = load_settings(**overrides)
+    with _lock:
+        old_pipeline = _replace_pipeline(None)
+        _settings = new
+        capturing = new.enabled or _sink is not None
+    if old_pipeline is not None:
+        old_pipeline.shutdown(new.exit_timeout)
+    return new
+
+
+def _replace_pipeline(new: Optional[Pipeline]) -> Optional[Pipeline]:
+    global _current
+    old, _current = _current, new
+    return old
+
+
+def current() -> Optional[Pipeline]:
+    """The running pipeline of this process, if one was started."""
+    pipeline = _current
+    return pipeline if pipeline is not None and pipeline.pid == os.getpid() else None
+
+
+def _start() -> Optional[Pipeline]:
+    global _current
+    with _lock:
+        if _current is not None and _current.pid == os.getpid():
+            return _current
+        active = settings()
+        if _exiting or not active.enabled:
+            return None
+        _current = Pipeline(active, stats=STATS, transport=_transport)
+        return _current
+
+
+def submit(item: Item) -> bool:
+    """Hand an item to the sink or the pipeline: the hot path. Never raises."""
+    sink = _sink
+    if sink is not None:
+        return sink(item)
+    pipeline = _current
+    # The pid check catches forks that bypass os.register_at_fork (uWSGI forks from C).
+    if pipeline is None or pipeline.pid != os.getpid():
+        pipeline = _start()
+        if pipeline is None:
+            return False
+    return pipeline.enqueue(item)
+
+
+def install_sink(sink: Optional[Sink]) -> Optional[Sink]:
+    """Route items to ``sink`` instead of the network (``testing.capture``); returns the old."""
+    global _sink, capturing
+    with _lock:
+        old, _sink = _sink, sink
+        capturing = sink is not None or (_settings is not None and _settings.enabled)
+    return old
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """See :func:`fiddler_trace.flush`."""
+    pipeline = current()
+    return True if pipeline is None else pipeline.flush(timeout)
+
+
+def shutdown(timeout: Optional[float] = None) -> bool:
+    """See :func:`fiddler_trace.shutdown`."""
+    with _lock:
+        pipeline = current()
+        _replace_pipeline(None)
+    if pipeline is None:
+        return True
+    delivered = pipeline.shutdown(timeout)
+    left = pipeline.leftover()
+    if left:
+        logger.warning(
+            "fiddler_trace: %d events not delivered at shutdown (last error: %s)",
+            left,
+            pipeline.stats.last_error,
+        )
+    return delivered
+
+
+def stats() -> dict[str, Any]:
+    """See :func:`fiddler_trace.stats`."""
+    pipeline = current()
+    return STATS.snapshot(pipeline.buffer.depth() if pipeline is not None else 0)
+
+
+def reset() -> None:
+    """Forget all state: stop the pipeline without waiting, drop settings, counters and sink."""
+    global _settings, capturing, _sink, _exiting, STATS
+    with _lock:
+        pipeline = _replace_pipeline(None)
+        _settings = None
+        _sink = None
+        _exiting = False
+        capturing = False
+        STATS = Stats()
+    if pipeline is not None:
+        pipeline.shutdown(0.0)
+
+
+def _at_exit() -> None:
+    global _exiting
+    try:
+        _exiting = True
+        active = _settings
+        shutdown(active.exit_timeout if active is not None else 5.0)
+    except Exception:  # nothing of ours may reach the interpreter's exit
+        pass
+
+
+def _after_fork_in_child() -> None:
+    global _lock, STATS
+    # The parent's pipeline, thread and connections are not ours: forget them without closing
+    # anything, or the child could shut a socket the parent still uses.
+    _lock = threading.RLock()
+    _replace_pipeline(None)
+    STATS = Stats()
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,289 @@
+"""The background thread: drain, batch, send, retry; and the bookkeeping behind ``flush()``.
+
+One request is in flight at a time. After a transient failure the whole worker backs off (the
+failed batch goes first when it resumes), so an outage costs one probe per backoff, not one per
+batch. :meth:`BatchWorker.step` is one turn of the loop and runs without a thread in unit tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Callable, Optional
+
+from fiddler_trace import _retry
+from fiddler_trace._buffer import POST, Batch, BatchBuffer, Item
+from fiddler_trace._clock import Clock
+from fiddler_trace._errors import FiddlerAPIError
+from fiddler_trace._retry import Outcome
+from fiddler_trace._stats import Stats, read_count
+from fiddler_trace._wire import publish_body
+
+__all__ = ["THREAD_NAME", "BatchWorker", "FlushWaiter"]
+
+THREAD_NAME = "fiddler-trace-worker"
+logger = logging.getLogger("fiddler_trace")
+_LOG_EVERY = 60.0  # seconds between repeats of one warning
+
+Sender = Callable[[str, bytes, Optional[dict[str, str]]], object]
+Spill = Callable[[list[Batch]], int]
+
+
+class FlushWaiter:
+    """One ``flush()`` call: done when every item below ``mark`` is resolved."""
+
+    __slots__ = ("delivered", "done", "mark")
+
+    def __init__(self, mark: int) -> None:
+        self.mark = mark
+        self.delivered = True
+        self.done = threading.Event()
+
+
+class BatchWorker:
+    """Runs the send loop over a :class:`BatchBuffer`.
+
+    Args:
+        send: ``(method, body, headers) -> response``; raises FiddlerAPIError or a transport
+            error (``EventsClient.send``).
+        retry_deadline: seconds from a batch's first attempt after which it fails.
+        clock: monotonic seconds; injected so tests drive time.
+        spill: takes batches that failed for good or are left at exit (the spool); returns how
+            many events it kept. None: they are lost and counted.
+    """
+
+    def __init__(
+        self,
+        buffer: BatchBuffer,
+        send: Sender,
+        stats: Stats,
+        *,
+        retry_deadline: float,
+        clock: Clock,
+        wake: threading.Event,
+        rng: Optional[random.Random] = None,
+        spill: Optional[Spill] = None,
+    ) -> None:
+        self.buffer = buffer
+        self._send = send
+        self.stats = stats
+        self.retry_deadline = retry_deadline
+        self.clock = clock
+        self.wake = wake
+        self.rng = rng or random.Random()
+        self.spill = spill
+        self.blocked_until = 0.0
+        self.failing = False  # the last attempt failed with a transient error
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._waiters: list[FlushWaiter] = []
+        self._force = False
+        self._warned: dict[str, float] = {}
+        self._dropped_seen = 0
+
+    # -- flush -----------------------------------------------------------------------------
+
+    def add_waiter(self) -> FlushWaiter:
+        """Register a flush of everything accepted so far and wake the loop."""
+        mark = read_count(self.buffer.accepted)
+        waiter = FlushWaiter(mark)
+        with self._lock:
+            self._waiters.append(waiter)
+            self._force = True
+        self.wake.set()
+        return waiter
+
+    def remove_waiter(self, waiter: FlushWaiter) -> None:
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _failed(self, seqs: list[int]) -> None:
+        """Flushes whose mark covers any of these items can no longer answer True."""
+        if not seqs:
+            return
+        lowest = min(seqs)
+        with self._lock:
+            for waiter in self._waiters:
+                if lowest < waiter.mark:
+                    waiter.delivered = False
+
+    def _settle_waiters(self) -> None:
+        lowest = self.buffer.lowest_open_seq()
+        with self._lock:
+            for waiter in list(self._waiters):
+                if lowest >= waiter.mark:
+                    self._waiters.remove(waiter)
+                    waiter.done.set()
+            if not self._waiters:
+                self._force = False
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def step(self) -> Optional[float]:
+        """One turn: drain, seal, send at most one batch. Returns seconds until the next turn
+        is due (0 for at once, None when idle)."""
+        buffer = self.buffer
+        now = self.clock()
+        for item, seq, reason in buffer.drain(now):
+            self._refuse(item, seq, reason)
+        buffer.seal_due(now, force=self._force or self.stopping)
+        for batch, lost in buffer.release_updates():
+            self._lose(batch, f"{len(lost)} updates dropped: the publish of their event failed")
+        self._warn_drops()
+        if self.failing:
+            self._expire(now)
+        if buffer.ready and now >= self.blocked_until:
+            self._deliver(buffer.ready.popleft())
+            for batch, _lost in buffer.release_updates():
+                self._lose(batch, "updates dropped: the publish of their event failed")
+        self._settle_waiters()
+        if buffer.ready:
+            return max(0.0, self.blocked_until - self.clock())
+        if buffer.queue:
+            return 0.0
+        due = buffer.next_due()
+        return None if due is None else max(0.0, due - self.clock())
+
+    def run(self, idle_wait: float) -> None:
+        """The thread body: loop until stopped. Never raises."""
+        while not self.stopping:
+            try:
+                delay = self.step()
+            except Exception as error:  # never die silently: count, log, go on
+                self.stats.last_error = f"internal error: {error!r}"
+                logger.exception("fiddler_trace: internal error in the worker; continuing")
+                delay = idle_wait
+            if delay == 0.0:
+                continue
+            self.wake.wait(idle_wait if delay is None else min(delay, idle_wait))
+            self.wake.clear()
+
+    # -- sending and outcomes --------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        """While the server fails, every waiting batch's deadline runs; fail the expired ones
+        without another attempt, so an outage does not cost a timeout per batch."""
+        ready = self.buffer.ready
+        for batch in ready:
+            if batch.first_attempt is None:
+                batch.first_attempt = now
+        while ready and now >= ready[0].first_attempt + self.retry_deadline:  # type: ignore[operator]
+            batch = ready.popleft()
+            self._fail(batch, f"the server failed for {self.retry_deadline:g} s", key="deadline")
+
+    def _deliver(self, batch: Batch) -> None:
+        now = self.clock()
+        if batch.first_attempt is None:
+            batch.first_attempt = now
+        headers = {"X-Fiddler-Client-Retry": str(batch.attempts)} if batch.attempts else None
+        body = publish_body(batch.model_id, batch.encoded, env_type="PRODUCTION", env_name=None)
+        try:
+            self._send(batch.method, body, headers)
+        except Exception as error:
+            self._handle_failure(batch, error)
+            return
+        self._delivered(batch)
+
+    def _delivered(self, batch: Batch) -> None:
+        self.failing = False
+        self.buffer.resolve(batch, delivered=True)
+        if batch.method == POST:
+            self.stats.sent += len(batch)
+        else:
+            self.stats.updated += len(batch)
+
+    def _handle_failure(self, batch: Batch, error: Exception) -> None:
+        outcome = _retry.classify(error)
+        status = error.status if isinstance(error, FiddlerAPIError) else None
+        self.stats.last_error = _describe(error)
+        if outcome is Outcome.RETRY:
+            self._retry_later(batch, error)
+        elif outcome is Outcome.CONFLICT and batch.attempts > 0:
+            self._delivered(batch)
+        elif outcome in (Outcome.SPLIT, Outcome.BISECT) and len(batch) > 1:
+            self.buffer.replace(batch, batch.halves())
+        elif outcome is Outcome.BISECT:
+            self._fail(
+                batch,
+                f"the server rejected an event: {_describe(error)}",
+                key=f"400:{_describe(error)}",
+            )
+        elif outcome is Outcome.SPLIT:
+            self._fail(batch, "an event is larger than the server accepts (413)", key="413")
+        else:
+            hint = _retry.hint(status) if status is not None else "unexpected error"
+            self._fail(batch, f"{_describe(error)}; {hint}", key=f"fail:{status}")
+
+    def _retry_later(self, batch: Batch, error: Exception) -> None:
+        now = self.clock()
+        batch.attempts += 1
+        delay = _retry.backoff(batch.attempts, self.rng)
+        if isinstance(error, FiddlerAPIError):
+            hinted = _retry.retry_after_seconds(error.retry_after, time.time())
+            if hinted is not None:
+                delay = max(delay, hinted)
+        assert batch.first_attempt is not None
+        if self.stopping or now + delay > batch.first_attempt + self.retry_deadline:
+            self._fail(
+                batch,
+                f"gave up after {batch.attempts} attempts: {_describe(error)}",
+                key="deadline",
+            )
+            return
+        self.stats.retried += len(batch)
+        self.failing = True
+        self.blocked_until = now + delay
+        self.buffer.ready.appendleft(batch)
+
+    def _fail(self, batch: Batch, why: str, *, key: str) -> None:
+        """The batch failed for good: to the spool if there is one, else counted as failed."""
+        self.buffer.resolve(batch, delivered=False)
+        kept = self.spill([batch]) if self.spill is not None else 0
+        if kept < len(batch):
+            self.stats.failed += len(batch) - kept
+            self._failed(batch.seqs)
+        self._warn(
+            key,
+            f"fiddler_trace: {len(batch)} events for model {batch.model_id} not delivered: {why}",
+        )
+
+    def _lose(self, batch: Batch, why: str) -> None:
+        self.stats.failed += len(batch)
+        self._failed(batch.seqs)
+        self._warn("lost-updates", f"fiddler_trace: {why}")
+
+    def _refuse(self, item: Item, seq: int, reason: str) -> None:
+        self.stats.failed += 1
+        self._failed([seq])
+        self._warn(
+            f"refused:{item.model_id}",
+            f"fiddler_trace: an event for model {item.model_id} was dropped: {reason}",
+        )
+
+    def _warn_drops(self) -> None:
+        dropped = read_count(self.stats.dropped)
+        if dropped > self._dropped_seen and self._warn(
+            "dropped",
+            f"fiddler_trace: buffer full ({self.buffer.max_events} "
+            f"events); {dropped - self._dropped_seen} events dropped",
+        ):
+            self._dropped_seen = dropped
+
+    def _warn(self, key: str, message: str) -> bool:
+        """Log a warning at most once a minute per key; True if it was logged."""
+        now = self.clock()
+        last = self._warned.get(key)
+        if last is not None and now - last < _LOG_EVERY:
+            return False
+        self._warned[key] = now
+        logger.warning(message)
+        return True
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, FiddlerAPIError):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
