@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Optional, Union
@@ -38,7 +39,8 @@ class EventsClient:
         url: the Fiddler instance, e.g. ``https://acme.fiddler.ai``.
         token: API token, sent as ``Authorization: Bearer``; never shown in reprs or errors.
         timeout: seconds per request.
-        verify: TLS verification; ``True``, ``False`` or the path of a CA bundle.
+        verify: TLS verification; ``True``, ``False``, the path of a CA bundle (PEM) or an
+            ``ssl.SSLContext``.
         transport: an ``httpx`` transport, e.g. ``httpx.MockTransport`` in tests.
         max_request_bytes: the most encoded event bytes in one request.
 
@@ -53,7 +55,7 @@ class EventsClient:
         token: str,
         *,
         timeout: float = 10.0,
-        verify: Union[bool, str] = True,
+        verify: Union[bool, str, ssl.SSLContext] = True,
         transport: Optional[httpx.BaseTransport] = None,
         max_request_bytes: int = 4 * 1024 * 1024,
     ) -> None:
@@ -68,7 +70,7 @@ class EventsClient:
                 "User-Agent": user_agent(),
             },
             timeout=timeout,
-            verify=verify,
+            verify=_tls(verify),
             transport=transport,
         )
 
@@ -198,6 +200,13 @@ class EventsClient:
             data = _wire.response_data(self.send(method, body))
             ids.extend(str(i) for i in data.get("event_ids") or ())
         return ids
+
+
+def _tls(verify: Union[bool, str, ssl.SSLContext]) -> Union[bool, ssl.SSLContext]:
+    """httpx wants an SSLContext for a CA bundle; build one, failing here if the file is bad."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 def _file_id(file_id: str) -> str:

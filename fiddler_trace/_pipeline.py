@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import random
 import threading
 from typing import Any, Callable, Optional
 
@@ -48,6 +49,7 @@ class Pipeline:
         stats: the counters to add to (the process's, shared by successive pipelines).
         transport: an httpx transport for the client (tests).
         clock: the worker's monotonic clock.
+        rng: the source of backoff jitter.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Pipeline:
         stats: Optional[Stats] = None,
         transport: Optional[httpx.BaseTransport] = None,
         clock: Clock = monotonic,
+        rng: Optional[random.Random] = None,
     ) -> None:
         self.settings = settings
         self.pid = os.getpid()
@@ -80,6 +83,7 @@ class Pipeline:
             retry_deadline=settings.retry_deadline,
             clock=clock,
             wake=self.wake,
+            rng=rng,
         )
         self.running = False
         self._thread: Optional[threading.Thread] = None
@@ -122,6 +126,8 @@ class Pipeline:
             self.worker.run(idle_wait=max(self.settings.flush_interval, 0.05))
         finally:
             self.running = False  # the next enqueue starts a new thread
+            if self._closed and self._client is not None:
+                self._client.close()  # shutdown could not wait for this thread to end
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued before the call is delivered or failed for good.

@@ -1,0 +1,170 @@
+"""The process-wide pipeline: lazy start, interpreter exit, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+from faults import FaultServer, Hang
+
+from fiddler_trace import _pipeline
+from fiddler_trace._event import Event
+
+MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
+
+
+def event(i: int) -> Event:
+    return Event(MODEL, f"00000000-0000-4000-8000-{i:012d}", 1_700_000_000.0, {"x": i})
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_state() -> Iterator[None]:
+    _pipeline.reset()
+    yield
+    _pipeline.reset()
+
+
+def run_script(body: str, url: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    script = textwrap.dedent(
+        f"""
+        from fiddler_trace import _pipeline
+        from fiddler_trace._event import Event
+        MODEL = {MODEL!r}
+        def event(i):
+            return Event(MODEL, "00000000-0000-4000-8000-%012d" % i, 1700000000.0, {{"x": i}})
+        """
+    ) + textwrap.dedent(body)
+    env = {**os.environ, "FIDDLER_URL": url, "FIDDLER_TOKEN": "secret-token-value"}
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_nothing_starts_until_the_first_event(server):
+    """No pipeline or thread exists before the first event; one starts with it."""
+    _pipeline.configure(enabled=True, url=server.url, token="t")
+    assert _pipeline.current() is None
+    assert _pipeline.submit(event(1))
+    pipeline = _pipeline.current()
+    assert pipeline is not None
+    assert pipeline.running
+    assert _pipeline.flush(10)
+
+
+def test_disabled_submit_sends_nothing(server):
+    """With the library off, submit keeps nothing and starts nothing."""
+    _pipeline.configure(enabled=False)
+    assert _pipeline.submit(event(1)) is False
+    assert _pipeline.current() is None
+    assert _pipeline.flush(1)
+
+
+def test_pending_events_are_delivered_at_exit(server):
+    """Events still batched when the program ends are sent by the exit flush."""
+    result = run_script(
+        """
+        _pipeline.configure(enabled=True, flush_interval=60)
+        for i in range(20):
+            _pipeline.submit(event(i))
+        """,
+        server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(server.events()) == 20
+    assert result.stderr == ""
+
+
+def test_exit_is_bounded_when_the_server_hangs(server):
+    """With the server hanging, exit waits exit_timeout and reports what is left in one line."""
+    server.push(Hang())
+    start = time.monotonic()
+    result = run_script(
+        """
+        _pipeline.configure(enabled=True, exit_timeout=1.0, timeout=30)
+        for i in range(20):
+            _pipeline.submit(event(i))
+        """,
+        server.url,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0
+    assert elapsed < 10  # 1 s bound plus interpreter start; a hang would take 30 s
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "20 events not delivered" in lines[0]
+    assert "secret-token-value" not in result.stderr
+
+
+def test_exit_is_bounded_when_the_server_is_down():
+    """With nothing listening, exit still ends within the bound."""
+    start = time.monotonic()
+    result = run_script(
+        """
+        _pipeline.configure(enabled=True, exit_timeout=1.0)
+        for i in range(5):
+            _pipeline.submit(event(i))
+        """,
+        "http://127.0.0.1:9",
+    )
+    assert result.returncode == 0
+    assert time.monotonic() - start < 10
+    assert "5 events not delivered" in result.stderr
+
+
+def _child(url: str) -> None:
+    for i in range(1000, 1050):
+        _pipeline.submit(event(i))
+    os._exit(0 if _pipeline.flush(20) else 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+ warns on fork with threads
+def test_fork_child_sends_only_its_own_events(server):
+    """Parent 100 events + child 50: exactly 150 distinct events arrive, none twice."""
+    _pipeline.configure(enabled=True, url=server.url, token="t", flush_interval=60)
+    for i in range(100):
+        _pipeline.submit(event(i))
+    child = multiprocessing.get_context("fork").Process(target=_child, args=(server.url,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert _pipeline.flush(20)
+    ids = [e["event_id"] for e in server.events()]
+    assert len(ids) == 150
+    assert len(set(ids)) == 150
+
+
+def test_after_fork_hook_gives_child_fresh_state(server):
+    """The at-fork hook forgets the parent's pipeline and counters."""
+    _pipeline.configure(enabled=True, url=server.url, token="t", flush_interval=60)
+    _pipeline.submit(event(1))
+    parent = _pipeline.current()
+    _pipeline._after_fork_in_child()
+    assert _pipeline.current() is None
+    assert _pipeline.stats()["queue_depth"] == 0
+    assert parent is not None
+    assert parent.shutdown(10)
+
+
+def test_shutdown_is_idempotent_and_restarts_lazily(server):
+    """shutdown() twice is fine; a later event starts a new pipeline."""
+    _pipeline.configure(enabled=True, url=server.url, token="t")
+    _pipeline.submit(event(1))
+    assert _pipeline.shutdown(10)
+    assert _pipeline.shutdown(10)
+    _pipeline.submit(event(2))
+    assert _pipeline.flush(10)
+    assert len(server.events()) == 2
+    assert _pipeline.stats()["sent"] == 2
