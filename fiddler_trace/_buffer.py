@@ -32,17 +32,22 @@ Encoder = Callable[[dict[str, Any]], bytes]
 
 
 class Batch:
-    """Events of one (method, model_id) sent in one request, with their retry state."""
+    """Events of one (method, model_id) sent in one request, with their retry state.
+
+    The encoded events are kept joined by commas in one bytearray, as they go in the request
+    body, with the end offset of each: a bytes object per event would cost an allocation each
+    (measured: most of the worker's time), and the offsets still allow splitting the batch.
+    """
 
     __slots__ = (
         "attempts",
         "created",
-        "encoded",
+        "data",
+        "ends",
         "first_attempt",
-        "items",
+        "ids",
         "method",
         "model_id",
-        "nbytes",
         "seqs",
     )
 
@@ -50,49 +55,56 @@ class Batch:
         self.method = method
         self.model_id = model_id
         self.created = created
-        self.items: list[Item] = []
-        self.encoded: list[bytes] = []
+        self.ids: list[str] = []  # event ids, to remember failed publishes and match updates
         self.seqs: list[int] = []
-        self.nbytes = 0
+        self.data = bytearray()
+        self.ends: list[int] = []
         self.attempts = 0  # failed attempts so far
         self.first_attempt: Optional[float] = None
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.ids)
 
     def __repr__(self) -> str:
-        return f"Batch({self.method} {self.model_id}, {len(self.items)} events)"
+        return f"Batch({self.method} {self.model_id}, {len(self.ids)} events)"
 
-    def add(self, item: Item, encoded: bytes, seq: int) -> None:
-        self.items.append(item)
-        self.encoded.append(encoded)
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def add(self, event_id: str, encoded: bytes, seq: int) -> None:
+        data = self.data
+        if data:
+            data += b","
+        data += encoded
+        self.ends.append(len(data))
+        self.ids.append(event_id)
         self.seqs.append(seq)
-        self.nbytes += len(encoded) + 1
+
+    def event(self, index: int) -> bytes:
+        """The encoded event at ``index``."""
+        start = self.ends[index - 1] + 1 if index else 0
+        return bytes(self.data[start : self.ends[index]])
+
+    def _subset(self, indexes: Iterable[int]) -> Batch:
+        part = Batch(self.method, self.model_id, self.created)
+        part.first_attempt = self.first_attempt
+        for i in indexes:
+            part.add(self.ids[i], self.event(i), self.seqs[i])
+        return part
 
     def halves(self) -> tuple[Batch, Batch]:
         """Two batches with the first and second half of the events, keeping the retry clock."""
-        middle = len(self.items) // 2
-        parts = []
-        for part in (slice(None, middle), slice(middle, None)):
-            half = Batch(self.method, self.model_id, self.created)
-            half.items, half.encoded, half.seqs = (
-                self.items[part],
-                self.encoded[part],
-                self.seqs[part],
-            )
-            half.nbytes = sum(len(e) + 1 for e in half.encoded)
-            half.first_attempt = self.first_attempt
-            parts.append(half)
-        return parts[0], parts[1]
+        middle = len(self.ids) // 2
+        return self._subset(range(middle)), self._subset(range(middle, len(self.ids)))
 
-    def without(self, drop: Iterable[int]) -> None:
-        """Remove the events at the given indexes."""
-        gone = set(drop)
-        keep = [i for i in range(len(self.items)) if i not in gone]
-        self.items = [self.items[i] for i in keep]
-        self.encoded = [self.encoded[i] for i in keep]
-        self.seqs = [self.seqs[i] for i in keep]
-        self.nbytes = sum(len(e) + 1 for e in self.encoded)
+    def split_off(self, indexes: Iterable[int]) -> Batch:
+        """Remove the events at ``indexes`` and return them as a batch of their own."""
+        taken = sorted(set(indexes))
+        gone = self._subset(taken)
+        kept = self._subset(i for i in range(len(self.ids)) if i not in set(taken))
+        self.ids, self.seqs, self.data, self.ends = kept.ids, kept.seqs, kept.data, kept.ends
+        return gone
 
 
 class BatchBuffer:
@@ -104,7 +116,9 @@ class BatchBuffer:
         max_batch_bytes: most encoded bytes in a batch.
         flush_interval: seconds a batch waits for more events.
         encode: row -> JSON bytes.
-        on_offer_wake: called (cheaply, rarely) when a producer should wake the worker.
+        wake: set (cheaply, rarely) when a producer should wake the worker.
+        dropped: the counter of events refused because the buffer was full.
+        failed_id_memory: how many failed event ids are remembered to drop their updates.
     """
 
     def __init__(
@@ -161,7 +175,8 @@ class BatchBuffer:
     def drain(self, now: float) -> list[tuple[Item, int, str]]:
         """Move queued items into batches. Returns (item, seq, reason) for items refused."""
         refused: list[tuple[Item, int, str]] = []
-        queue = self.queue
+        queue, pending, encode = self.queue, self.pending, self._encode
+        max_bytes, batch_size = self.max_batch_bytes, self.batch_size
         while queue:
             try:
                 item = queue.popleft()
@@ -169,25 +184,25 @@ class BatchBuffer:
                 break
             seq = self.drained
             self.drained += 1
-            if isinstance(item, Event):
+            if type(item) is Event:
                 method, row = POST, publish_row(item)
             else:
-                method, row = PATCH, update_row(item)
-            encoded = self._encode(row)
-            if len(encoded) + 1 > self.max_batch_bytes:
+                method, row = PATCH, update_row(item)  # type: ignore[arg-type]
+            encoded = encode(row)
+            if len(encoded) >= max_bytes:
                 refused.append((item, seq, f"{len(encoded)} bytes encoded, over the request limit"))
                 continue
             key = (method, item.model_id)
-            batch = self.pending.get(key)
-            if batch is not None and batch.nbytes + len(encoded) + 1 > self.max_batch_bytes:
+            batch = pending.get(key)
+            if batch is not None and len(batch.data) + len(encoded) >= max_bytes:
                 self._seal(key)
                 batch = None
             if batch is None:
-                batch = self.pending[key] = Batch(method, item.model_id, now)
+                batch = pending[key] = Batch(method, item.model_id, now)
                 self.open.add(batch)
-            batch.add(item, encoded, seq)
+            batch.add(item.event_id, encoded, seq)
             self.outstanding += 1
-            if len(batch) >= self.batch_size:
+            if len(batch.ids) >= batch_size:
                 self._seal(key)
         return refused
 
@@ -210,10 +225,10 @@ class BatchBuffer:
         else:
             self.ready.append(batch)
 
-    def release_updates(self) -> Iterator[tuple[Batch, list[Item]]]:
+    def release_updates(self) -> Iterator[Batch]:
         """Move held update batches whose publishes are all resolved to :attr:`ready`.
 
-        Yields each released batch with the updates taken out of it because the publish of their
+        Yields, as batches of their own, the updates taken out because the publish of their
         event failed for good; the caller resolves those as failed.
         """
         still: list[Batch] = []
@@ -221,16 +236,13 @@ class BatchBuffer:
             if self._publishes_before(batch.model_id, batch.seqs[-1]):
                 still.append(batch)
                 continue
-            dead = [
-                i for i, u in enumerate(batch.items) if (u.model_id, u.event_id) in self._failed_ids
-            ]
-            lost = [batch.items[i] for i in dead]
+            model, failed = batch.model_id, self._failed_ids
+            dead = [i for i, event_id in enumerate(batch.ids) if (model, event_id) in failed]
             if dead:
-                lost_seqs = [batch.seqs[i] for i in dead]
-                batch.without(dead)
-                self.outstanding -= len(dead)
-                yield _lost_batch(batch, lost, lost_seqs), lost
-            if batch.items:
+                lost = batch.split_off(dead)
+                self.outstanding -= len(lost)
+                yield lost
+            if batch.ids:
                 self.ready.append(batch)
             else:
                 self.open.discard(batch)
@@ -247,8 +259,8 @@ class BatchBuffer:
         self.open.discard(batch)
         self.outstanding -= len(batch)
         if not delivered and batch.method == POST:
-            for item in batch.items:
-                self._failed_ids[(item.model_id, item.event_id)] = True
+            for event_id in batch.ids:
+                self._failed_ids[(batch.model_id, event_id)] = True
 
     def replace(self, batch: Batch, parts: Iterable[Batch]) -> None:
         """Put split parts of ``batch`` at the front of the send order, in order."""
@@ -275,10 +287,3 @@ class BatchBuffer:
         self.held.clear()
         self.outstanding = 0
         return batches
-
-
-def _lost_batch(batch: Batch, items: list[Item], seqs: list[int]) -> Batch:
-    lost = Batch(batch.method, batch.model_id, batch.created)
-    lost.items, lost.seqs = items, seqs
-    lost.encoded = [b""] * len(items)
-    return lost

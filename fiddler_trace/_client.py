@@ -196,7 +196,9 @@ class EventsClient:
         encoded = [dumps(dict(event)) for event in events]
         ids: list[str] = []
         for run in _wire.chunks(encoded, _wire.MAX_EVENTS_PER_REQUEST, self._max_request_bytes):
-            body = _wire.publish_body(model_id, run, env_type=env_type, env_name=env_name)
+            body = _wire.publish_body(
+                model_id, b",".join(run), env_type=env_type, env_name=env_name
+            )
             data = _wire.response_data(self.send(method, body))
             ids.extend(str(i) for i in data.get("event_ids") or ())
         return ids

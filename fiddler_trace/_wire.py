@@ -1,8 +1,8 @@
 """The ``/v3/events`` wire format: request bodies, response envelopes, limits.
 
 Shared by :class:`~fiddler_trace.EventsClient` and the background worker, so both send the same
-bytes. Events arrive here already encoded one by one, which lets a caller size a batch in bytes
-and split it without encoding anything twice.
+bytes. Events arrive here already encoded, which lets a caller size a batch in bytes and split it
+without encoding anything twice.
 """
 
 from __future__ import annotations
@@ -59,9 +59,13 @@ def check_model_id(model_id: Any) -> str:
 
 
 def publish_body(
-    model_id: str, encoded_events: Sequence[bytes], *, env_type: str, env_name: Optional[str]
+    model_id: str, joined_events: bytes | bytearray, *, env_type: str, env_name: Optional[str]
 ) -> bytes:
-    """A ``PublishEventsRequest`` with an ``EVENTS`` source, joined from pre-encoded events."""
+    """A ``PublishEventsRequest`` with an ``EVENTS`` source around pre-encoded events.
+
+    Args:
+        joined_events: the encoded events joined by commas (no brackets).
+    """
     head: dict[str, Any] = {"model_id": model_id, "env_type": env_type}
     if env_name is not None:
         head["env_name"] = env_name
@@ -70,7 +74,7 @@ def publish_body(
         (
             orjson.dumps(head)[:-1],
             b',"source":{"type":"EVENTS","events":[',
-            b",".join(encoded_events),
+            joined_events,
             b"]}}",
         )
     )

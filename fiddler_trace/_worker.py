@@ -130,15 +130,13 @@ class BatchWorker:
         for item, seq, reason in buffer.drain(now):
             self._refuse(item, seq, reason)
         buffer.seal_due(now, force=self._force or self.stopping)
-        for batch, lost in buffer.release_updates():
-            self._lose(batch, f"{len(lost)} updates dropped: the publish of their event failed")
+        self._release_updates()
         self._warn_drops()
         if self.failing:
             self._expire(now)
         if buffer.ready and now >= self.blocked_until:
             self._deliver(buffer.ready.popleft())
-            for batch, _lost in buffer.release_updates():
-                self._lose(batch, "updates dropped: the publish of their event failed")
+            self._release_updates()
         self._settle_waiters()
         if buffer.ready:
             return max(0.0, self.blocked_until - self.clock())
@@ -179,7 +177,7 @@ class BatchWorker:
         if batch.first_attempt is None:
             batch.first_attempt = now
         headers = {"X-Fiddler-Client-Retry": str(batch.attempts)} if batch.attempts else None
-        body = publish_body(batch.model_id, batch.encoded, env_type="PRODUCTION", env_name=None)
+        body = publish_body(batch.model_id, batch.data, env_type="PRODUCTION", env_name=None)
         try:
             self._send(batch.method, body, headers)
         except Exception as error:
@@ -250,10 +248,15 @@ class BatchWorker:
             f"fiddler_trace: {len(batch)} events for model {batch.model_id} not delivered: {why}",
         )
 
-    def _lose(self, batch: Batch, why: str) -> None:
-        self.stats.failed += len(batch)
-        self._failed(batch.seqs)
-        self._warn("lost-updates", f"fiddler_trace: {why}")
+    def _release_updates(self) -> None:
+        for lost in self.buffer.release_updates():
+            self.stats.failed += len(lost)
+            self._failed(lost.seqs)
+            self._warn(
+                "lost-updates",
+                f"fiddler_trace: {len(lost)} updates for model {lost.model_id} dropped: the "
+                "publish of their event failed",
+            )
 
     def _refuse(self, item: Item, seq: int, reason: str) -> None:
         self.stats.failed += 1
