@@ -190,7 +190,7 @@ class BatchBuffer:
                 method, row = PATCH, update_row(item)  # type: ignore[arg-type]
             encoded = encode(row)
             if len(encoded) >= max_bytes:
-                refused.append((item, seq, f"{len(encoded)} bytes encoded, over the request limit"))
+                refused.append((item, seq, self._too_large(row, len(encoded))))
                 continue
             key = (method, item.model_id)
             batch = pending.get(key)
@@ -205,6 +205,14 @@ class BatchBuffer:
             if len(batch.ids) >= batch_size:
                 self._seal(key)
         return refused
+
+    def _too_large(self, row: dict[str, Any], size: int) -> str:
+        sizes = sorted(((len(self._encode(v)), str(k)) for k, v in row.items()), reverse=True)
+        largest = ", ".join(f"{name} ({n:,} bytes)" for n, name in sizes[:3])
+        return (
+            f"it encodes to {size:,} bytes, over max_batch_bytes ({self.max_batch_bytes:,}); "
+            f"largest columns: {largest}"
+        )
 
     def seal_due(self, now: float, force: bool = False) -> None:
         """Close batches that waited ``flush_interval`` (all of them when ``force``)."""

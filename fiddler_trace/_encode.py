@@ -1,27 +1,35 @@
-"""Python values -> JSON bytes. Pure functions; runs on the worker thread, never the caller's.
+"""Python values -> JSON bytes, on the worker thread, never the caller's. Never raises.
 
 orjson handles the common types natively (str, numbers, dict, list, tuple, dataclass, UUID, Enum,
-numpy with ``OPT_SERIALIZE_NUMPY``) and turns NaN and ±Inf into null. The ``default`` hook covers
-the rest; whatever it cannot map becomes its ``repr()``. :func:`dumps` never raises.
+numpy with ``OPT_SERIALIZE_NUMPY``) and turns NaN and ±Inf into null. The ``default`` hook maps
+the rest (see :func:`to_json_value`); whatever it cannot map becomes its ``repr()``.
+
+Long strings: a string longer than ``max_value_chars`` encodes to more than that many bytes, so a
+row whose encoding is shorter needs no search at all; only longer rows are walked and truncated.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import decimal
 import enum
+import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable, Optional
 
 import orjson
 
-__all__ = ["dumps", "iso_utc"]
+__all__ = ["Encoder", "dumps", "iso_utc", "to_json_value"]
+
+logger = logging.getLogger("fiddler_trace")
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 _MAX_REPR_CHARS = 1024
-_CYCLE = "<cycle>"
+CYCLE = "<cycle>"
+TRUNCATED = "...[truncated]"
 
 
 def iso_utc(moment: dt.datetime) -> str:
@@ -30,19 +38,39 @@ def iso_utc(moment: dt.datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def _safe_repr(value: Any) -> str:
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, cut at 1024 characters; a placeholder naming the type if repr raises."""
     try:
         text = repr(value)
     except Exception:
         return f"<unrepresentable {type(value).__name__}>"
-    return text if len(text) <= _MAX_REPR_CHARS else text[:_MAX_REPR_CHARS] + "..."
+    return text if len(text) <= _MAX_REPR_CHARS else text[:_MAX_REPR_CHARS] + TRUNCATED
 
 
-def _default(value: Any) -> Any:
+def _is_missing(value: Any) -> bool:
+    """pandas' NaT and NA (and numpy's NaT), which mean a missing value."""
+    module = type(value).__module__
+    if not module.startswith(("pandas", "numpy")):
+        return False
+    try:
+        import pandas
+
+        return value is pandas.NaT or value is pandas.NA
+    except ImportError:  # pragma: no cover - numpy without pandas
+        return False
+
+
+def to_json_value(value: Any) -> Any:
+    """A JSON-able stand-in for a value orjson does not take natively; ``repr`` as a last resort.
+
+    Raises TypeError for the last resort, so :class:`Encoder` can warn once per type.
+    """
+    if _is_missing(value):  # before datetime: pandas' NaT is a datetime subclass
+        return None
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None and value.utcoffset() is not None:
             return iso_utc(value)
-        return value.isoformat()
+        return value.isoformat()  # naive: sent as it is, the caller's local meaning unknown
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
@@ -60,34 +88,83 @@ def _default(value: Any) -> Any:
             return base64.b64encode(raw).decode("ascii")
     if isinstance(value, Mapping):
         return dict(value)
-    item = getattr(value, "item", None)  # numpy/pandas scalars orjson does not take natively
-    if callable(item) and type(value).__module__.startswith(("numpy", "pandas")):
-        try:
-            return item()
-        except Exception:
-            pass
-    to_list = getattr(value, "tolist", None)
-    if callable(to_list) and type(value).__module__.startswith(("numpy", "pandas")):
-        try:
-            return to_list()
-        except Exception:
-            pass
-    model_dump = getattr(value, "model_dump", None)
+    if type(value).__module__.startswith(("numpy", "pandas")):
+        for name in ("tolist", "item", "to_dict"):  # arrays, scalars, Series/DataFrame
+            method = getattr(value, name, None)
+            if callable(method):
+                try:
+                    return method()
+                except Exception:
+                    continue
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    model_dump = getattr(value, "model_dump", None)  # pydantic v2
     if callable(model_dump):
         try:
             return model_dump()
         except Exception:
             pass
-    return _safe_repr(value)
+    raise TypeError(type(value).__name__)
+
+
+class Encoder:
+    """Encodes rows as JSON with the value rules above. Used by the worker thread only.
+
+    Args:
+        max_value_chars: strings longer than this are cut (``...[truncated]`` appended).
+        on_truncate: called with the number of strings cut in a row.
+    """
+
+    def __init__(
+        self, max_value_chars: int = 65_536, on_truncate: Optional[Callable[[int], None]] = None
+    ) -> None:
+        self.max_value_chars = max_value_chars
+        self._on_truncate = on_truncate
+        self._warned_types: set[str] = set()
+
+    def _default(self, value: Any) -> Any:
+        try:
+            return to_json_value(value)
+        except TypeError:
+            pass
+        name = f"{type(value).__module__}.{type(value).__qualname__}"
+        if name not in self._warned_types:
+            self._warned_types.add(name)
+            logger.warning(
+                "fiddler_trace: values of type %s have no JSON form; sending their repr()", name
+            )
+        return safe_repr(value)
+
+    def __call__(self, value: Any) -> bytes:
+        """Encode ``value``; never raises."""
+        try:
+            encoded = orjson.dumps(value, default=self._default, option=_OPTIONS)
+        except Exception:
+            encoded = self._slow(value)
+        if len(encoded) > self.max_value_chars:
+            cut = [0]
+            shortened = _truncate(value, self.max_value_chars, cut, set())
+            if cut[0]:
+                if self._on_truncate is not None:
+                    self._on_truncate(cut[0])
+                encoded = self._slow(shortened)
+        return encoded
+
+    def _slow(self, value: Any) -> bytes:
+        """After a failure (a cycle, nesting too deep, a key orjson refuses): sanitize, retry."""
+        try:
+            return orjson.dumps(_sanitize(value, set()), default=self._default, option=_OPTIONS)
+        except Exception:
+            return orjson.dumps(safe_repr(value))
 
 
 def _sanitize(value: Any, seen: set[int]) -> Any:
-    """A copy with cycles cut and every leaf made encodable; the slow path after a failure."""
+    """A copy with cycles cut and keys made strings; leaves are left to the default hook."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (Mapping, list, tuple, set, frozenset)):
         if id(value) in seen:
-            return _CYCLE
+            return CYCLE
         seen.add(id(value))
         try:
             if isinstance(value, Mapping):
@@ -95,24 +172,36 @@ def _sanitize(value: Any, seen: set[int]) -> Any:
             return [_sanitize(v, seen) for v in list(value)]
         finally:
             seen.discard(id(value))
-    try:
-        orjson.dumps(value, default=_default, option=_OPTIONS)
-    except Exception:
-        return _safe_repr(value)
     return value
 
 
 def _key(key: Any) -> Any:
-    return key if isinstance(key, (str, int, float, bool)) or key is None else _safe_repr(key)
+    return key if isinstance(key, (str, int, float, bool)) or key is None else safe_repr(key)
+
+
+def _truncate(value: Any, limit: int, cut: list[int], seen: set[int]) -> Any:
+    """A copy with every string over ``limit`` characters cut; counts them in ``cut[0]``."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            cut[0] += 1
+            return value[:limit] + TRUNCATED
+        return value
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in seen:
+            return CYCLE
+        seen.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                return {k: _truncate(v, limit, cut, seen) for k, v in list(value.items())}
+            return [_truncate(v, limit, cut, seen) for v in list(value)]
+        finally:
+            seen.discard(id(value))
+    return value
+
+
+_plain = Encoder(max_value_chars=1 << 62)
 
 
 def dumps(value: Any) -> bytes:
-    """Encode ``value`` as JSON; never raises."""
-    try:
-        return orjson.dumps(value, default=_default, option=_OPTIONS)
-    except Exception:
-        pass
-    try:
-        return orjson.dumps(_sanitize(value, set()), default=_default, option=_OPTIONS)
-    except Exception:
-        return orjson.dumps(_safe_repr(value))
+    """Encode ``value`` as JSON with no truncation; never raises (``EventsClient``'s encoder)."""
+    return _plain(value)

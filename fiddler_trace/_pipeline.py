@@ -20,7 +20,7 @@ from fiddler_trace._buffer import BatchBuffer, Item
 from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
 from fiddler_trace._config import Settings, load_settings
-from fiddler_trace._encode import dumps
+from fiddler_trace._encode import Encoder
 from fiddler_trace._stats import Stats
 from fiddler_trace._worker import THREAD_NAME, BatchWorker
 
@@ -72,7 +72,7 @@ class Pipeline:
             batch_size=settings.batch_size,
             max_batch_bytes=settings.max_batch_bytes,
             flush_interval=settings.flush_interval,
-            encode=dumps,
+            encode=Encoder(settings.max_value_chars, on_truncate=self._count_truncated),
             wake=self.wake,
             dropped=self.stats.dropped,
         )
@@ -92,6 +92,9 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline(url={self.settings.url!r}, depth={self.buffer.depth()})"
+
+    def _count_truncated(self, n: int) -> None:
+        self.stats.truncated += n
 
     def _send(self, method: str, body: bytes, headers: Optional[dict[str, str]]) -> object:
         if self._client is None:  # built on the worker: TLS setup costs milliseconds

@@ -13,7 +13,15 @@ from typing import Any, Optional
 __all__ = ["HOT_COUNTERS", "WORKER_COUNTERS", "Stats", "read_count"]
 
 HOT_COUNTERS = ("captured", "dropped", "errors", "sampled_out")
-WORKER_COUNTERS = ("sent", "updated", "failed", "retried", "spooled", "replayed")
+WORKER_COUNTERS = (
+    "sent",
+    "updated",
+    "failed",
+    "retried",
+    "spooled",
+    "replayed",
+    "truncated",
+)
 
 
 def read_count(counter: itertools.count) -> int:  # type: ignore[type-arg]
@@ -36,6 +44,7 @@ class Stats:
         self.retried = 0
         self.spooled = 0
         self.replayed = 0
+        self.truncated = 0  # strings cut at max_value_chars
         self.last_error: Optional[str] = None
 
     @staticmethod
