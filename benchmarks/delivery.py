@@ -42,9 +42,7 @@ def thread_cpu(thread_ident: int) -> float:
 
 def run_once(url: str, events: int) -> dict[str, float]:
     _pipeline.reset()
-    _pipeline.configure(
-        enabled=True, url=url, token="bench", max_queue_size=max(events, 100_000)
-    )
+    _pipeline.configure(enabled=True, url=url, token="bench", max_queue_size=max(events, 100_000))
     columns = {"age": 41, "income": 72000.0, "region": "EU", "score": 0.93, "label": 1}
     ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(events)]
     now = time.time()
@@ -54,7 +52,8 @@ def run_once(url: str, events: int) -> dict[str, float]:
         _pipeline.submit(Event(MODEL, event_id, now, dict(columns)))
     producer_cpu = time.thread_time() - producer_cpu_start
     pipeline = _pipeline.current()
-    assert pipeline is not None and pipeline._thread is not None
+    assert pipeline is not None
+    assert pipeline._thread is not None
     delivered = _pipeline.flush(120)
     elapsed = time.perf_counter() - start
     worker_cpu = thread_cpu(pipeline._thread.ident or 0)
@@ -86,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if process is not None:
             process.terminate()
             process.wait(10)
-    result: dict[str, Any] = {
-        key: statistics.median(run[key] for run in runs) for key in runs[0]
-    }
+    result: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     result.update(events=args.events, repeats=args.repeats, runs=runs)
     print(f"{'metric':<28}{'median':>14}")
     print(f"{'events/s end to end':<28}{result['events_per_s']:>14,.0f}")

@@ -48,6 +48,7 @@ class Batch:
         "ids",
         "method",
         "model_id",
+        "origin",
         "seqs",
     )
 
@@ -61,6 +62,7 @@ class Batch:
         self.ends: list[int] = []
         self.attempts = 0  # failed attempts so far
         self.first_attempt: Optional[float] = None
+        self.origin: Optional[object] = None  # a replayed spool record's mark
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -89,6 +91,7 @@ class Batch:
     def _subset(self, indexes: Iterable[int]) -> Batch:
         part = Batch(self.method, self.model_id, self.created)
         part.first_attempt = self.first_attempt
+        part.origin = self.origin
         for i in indexes:
             part.add(self.ids[i], self.event(i), self.seqs[i])
         return part

@@ -210,6 +210,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Directory where undeliverable batches are kept and replayed from. None: memory only.",
     ),
     Setting(
+        "max_spool_bytes",
+        "FIDDLER_TRACE_MAX_SPOOL_BYTES",
+        _number(int, 1024),
+        "Most bytes the spool keeps on disk; beyond, its oldest segments are dropped (counted).",
+    ),
+    Setting(
+        "spool_fsync",
+        "FIDDLER_TRACE_SPOOL_FSYNC",
+        _bool,
+        "fsync each spooled batch: survives a machine crash, not only a process crash.",
+    ),
+    Setting(
         "allow_insecure_http",
         "FIDDLER_TRACE_ALLOW_INSECURE_HTTP",
         _bool,
@@ -267,6 +279,8 @@ class Settings:
     timeout: float = 10.0
     exit_timeout: float = 5.0
     spool_dir: Optional[str] = None
+    max_spool_bytes: int = 1 << 30
+    spool_fsync: bool = False
     allow_insecure_http: bool = False
     verify: Union[bool, str] = True
     max_value_chars: int = 65_536

@@ -21,6 +21,8 @@ from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
 from fiddler_trace._config import Settings, load_settings
 from fiddler_trace._encode import Encoder
+from fiddler_trace._spool import Spool
+from fiddler_trace._spooler import Spooler
 from fiddler_trace._stats import Stats
 from fiddler_trace._worker import THREAD_NAME, BatchWorker
 
@@ -76,6 +78,7 @@ class Pipeline:
             wake=self.wake,
             dropped=self.stats.dropped,
         )
+        self.spooler = _make_spooler(settings, self.stats)
         self.worker = BatchWorker(
             self.buffer,
             self._send,
@@ -84,6 +87,7 @@ class Pipeline:
             clock=clock,
             wake=self.wake,
             rng=rng,
+            spooler=self.spooler,
         )
         self.running = False
         self._thread: Optional[threading.Thread] = None
@@ -166,6 +170,14 @@ class Pipeline:
             thread.join(left)
         if (thread is None or not thread.is_alive()) and self._client is not None:
             self._client.close()
+        if self.spooler is not None:
+            kept = self.worker.keep_all()
+            if kept:
+                logger.warning(
+                    "fiddler_trace: %d events kept in the spool %s for the next run",
+                    kept,
+                    self.spooler.spool.directory,
+                )
         return delivered
 
     def leftover(self) -> int:
@@ -174,6 +186,22 @@ class Pipeline:
 
     def snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot(self.buffer.depth())
+
+
+def _make_spooler(settings: Settings, stats: Stats) -> Optional[Spooler]:
+    if settings.spool_dir is None:
+        return None
+    try:
+        spool = Spool(
+            settings.spool_dir,
+            max_bytes=settings.max_spool_bytes,
+            fsync=settings.spool_fsync,
+        )
+    except OSError as error:  # never into the caller: run without the spool, say why
+        stats.last_error = f"spool: {error}"
+        logger.warning("fiddler_trace: cannot use the spool %s: %s", settings.spool_dir, error)
+        return None
+    return Spooler(spool, stats)
 
 
 # -- process-wide state ------------------------------------------------------------------------
@@ -329,7 +357,9 @@ def _after_fork_in_child() -> None:
     # The parent's pipeline, thread and connections are not ours: forget them without closing
     # anything, or the child could shut a socket the parent still uses.
     _lock = threading.RLock()
-    _replace_pipeline(None)
+    parent = _replace_pipeline(None)
+    if parent is not None and parent.spooler is not None:
+        parent.spooler.spool.after_fork()
     STATS = Stats()
 
 

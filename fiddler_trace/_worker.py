@@ -18,6 +18,7 @@ from fiddler_trace._buffer import POST, Batch, BatchBuffer, Item
 from fiddler_trace._clock import Clock
 from fiddler_trace._errors import FiddlerAPIError
 from fiddler_trace._retry import Outcome
+from fiddler_trace._spooler import ReplayMark, Spooler
 from fiddler_trace._stats import Stats, read_count
 from fiddler_trace._wire import publish_body
 
@@ -28,7 +29,6 @@ logger = logging.getLogger("fiddler_trace")
 _LOG_EVERY = 60.0  # seconds between repeats of one warning
 
 Sender = Callable[[str, bytes, Optional[dict[str, str]]], object]
-Spill = Callable[[list[Batch]], int]
 
 
 class FlushWaiter:
@@ -50,8 +50,7 @@ class BatchWorker:
             error (``EventsClient.send``).
         retry_deadline: seconds from a batch's first attempt after which it fails.
         clock: monotonic seconds; injected so tests drive time.
-        spill: takes batches that failed for good or are left at exit (the spool); returns how
-            many events it kept. None: they are lost and counted.
+        spooler: keeps undeliverable batches on disk and replays them; None: memory only.
     """
 
     def __init__(
@@ -64,7 +63,7 @@ class BatchWorker:
         clock: Clock,
         wake: threading.Event,
         rng: Optional[random.Random] = None,
-        spill: Optional[Spill] = None,
+        spooler: Optional[Spooler] = None,
     ) -> None:
         self.buffer = buffer
         self._send = send
@@ -73,7 +72,7 @@ class BatchWorker:
         self.clock = clock
         self.wake = wake
         self.rng = rng or random.Random()
-        self.spill = spill
+        self.spooler = spooler
         self.blocked_until = 0.0
         self.failing = False  # the last attempt failed with a transient error
         self.stopping = False
@@ -112,9 +111,12 @@ class BatchWorker:
 
     def _settle_waiters(self) -> None:
         lowest = self.buffer.lowest_open_seq()
+        replaying = self.spooler is not None and (
+            self.spooler.replaying or self.spooler.in_flight is not None
+        )
         with self._lock:
             for waiter in list(self._waiters):
-                if lowest >= waiter.mark:
+                if lowest >= waiter.mark and not replaying:
                     self._waiters.remove(waiter)
                     waiter.done.set()
             if not self._waiters:
@@ -134,9 +136,18 @@ class BatchWorker:
         self._warn_drops()
         if self.failing:
             self._expire(now)
+            self._spill_backlog()
         if buffer.ready and now >= self.blocked_until:
-            self._deliver(buffer.ready.popleft())
+            batch = buffer.ready.popleft()
+            if self.spooler is not None and self.spooler.must_follow(batch):
+                self._keep(batch)
+            else:
+                self._deliver(batch)
             self._release_updates()
+        elif not buffer.ready and not self.failing and self.spooler is not None:
+            replay = self.spooler.next_batch()
+            if replay is not None:
+                buffer.ready.append(replay)
         self._settle_waiters()
         if buffer.ready:
             return max(0.0, self.blocked_until - self.clock())
@@ -170,7 +181,8 @@ class BatchWorker:
                 batch.first_attempt = now
         while ready and now >= ready[0].first_attempt + self.retry_deadline:  # type: ignore[operator]
             batch = ready.popleft()
-            self._fail(batch, f"the server failed for {self.retry_deadline:g} s", key="deadline")
+            why = f"the server failed for {self.retry_deadline:g} s"
+            self._fail(batch, why, key="deadline", transient=True)
 
     def _deliver(self, batch: Batch) -> None:
         now = self.clock()
@@ -186,8 +198,10 @@ class BatchWorker:
         self._delivered(batch)
 
     def _delivered(self, batch: Batch) -> None:
+        if self.failing and self.spooler is not None:
+            self.spooler.start_replay()
         self.failing = False
-        self.buffer.resolve(batch, delivered=True)
+        self._resolve(batch, delivered=True)
         if batch.method == POST:
             self.stats.sent += len(batch)
         else:
@@ -202,7 +216,7 @@ class BatchWorker:
         elif outcome is Outcome.CONFLICT and batch.attempts > 0:
             self._delivered(batch)
         elif outcome in (Outcome.SPLIT, Outcome.BISECT) and len(batch) > 1:
-            self.buffer.replace(batch, batch.halves())
+            self._split(batch)
         elif outcome is Outcome.BISECT:
             self._fail(
                 batch,
@@ -213,7 +227,13 @@ class BatchWorker:
             self._fail(batch, "an event is larger than the server accepts (413)", key="413")
         else:
             hint = _retry.hint(status) if status is not None else "unexpected error"
-            self._fail(batch, f"{_describe(error)}; {hint}", key=f"fail:{status}")
+            # A replayed record stays on disk: the token or URL may be fixed by the next run.
+            self._fail(
+                batch,
+                f"{_describe(error)}; {hint}",
+                key=f"fail:{status}",
+                transient=batch.origin is not None,
+            )
 
     def _retry_later(self, batch: Batch, error: Exception) -> None:
         now = self.clock()
@@ -229,6 +249,7 @@ class BatchWorker:
                 batch,
                 f"gave up after {batch.attempts} attempts: {_describe(error)}",
                 key="deadline",
+                transient=True,
             )
             return
         self.stats.retried += len(batch)
@@ -236,17 +257,72 @@ class BatchWorker:
         self.blocked_until = now + delay
         self.buffer.ready.appendleft(batch)
 
-    def _fail(self, batch: Batch, why: str, *, key: str) -> None:
-        """The batch failed for good: to the spool if there is one, else counted as failed."""
-        self.buffer.resolve(batch, delivered=False)
-        kept = self.spill([batch]) if self.spill is not None else 0
-        if kept < len(batch):
-            self.stats.failed += len(batch) - kept
+    def _fail(self, batch: Batch, why: str, *, key: str, transient: bool = False) -> None:
+        """The batch failed for good, or for now (``transient``): then the spool keeps it."""
+        if batch.origin is not None:  # a replayed record: it is on disk already
+            if not transient:
+                self.stats.failed += len(batch)
+            assert self.spooler is not None
+            self.spooler.resolved(batch, delivered=False, transient=transient)
+        elif transient and self.spooler is not None and self._keep(batch):
+            why += f"; kept in the spool {self.spooler.spool.directory}"
+        else:
+            self.buffer.resolve(batch, delivered=False)
+            self.stats.failed += len(batch)
             self._failed(batch.seqs)
         self._warn(
             key,
             f"fiddler_trace: {len(batch)} events for model {batch.model_id} not delivered: {why}",
         )
+
+    def _resolve(self, batch: Batch, delivered: bool) -> None:
+        if isinstance(batch.origin, ReplayMark):
+            assert self.spooler is not None
+            self.spooler.resolved(batch, delivered)
+        else:
+            self.buffer.resolve(batch, delivered)
+
+    def _split(self, batch: Batch) -> None:
+        parts = batch.halves()
+        if isinstance(batch.origin, ReplayMark):
+            assert self.spooler is not None
+            self.spooler.split(batch.origin, len(parts))
+            self.buffer.ready.extendleft(reversed(parts))
+        else:
+            self.buffer.replace(batch, parts)
+
+    def _keep(self, batch: Batch) -> bool:
+        """Write a live batch to the spool; it then counts as resolved, not delivered."""
+        assert self.spooler is not None
+        if not self.spooler.keep(batch):
+            return False
+        self.buffer.resolve(batch, delivered=False, remember=False)
+        self._failed(batch.seqs)  # a flush covering it cannot say "delivered"
+        return True
+
+    def _spill_backlog(self) -> None:
+        """During an outage with a spool, the backlog goes to disk, keeping the buffer free
+        for new events instead of dropping them."""
+        buffer = self.buffer
+        if self.spooler is None or buffer.depth() < buffer.max_events // 2:
+            return
+        while len(buffer.ready) > 1:  # the head is the batch being retried
+            batch = buffer.ready.pop()
+            if not self._keep(batch):
+                buffer.ready.append(batch)
+                return
+
+    def keep_all(self) -> int:
+        """At exit, after the bound: every event still held goes to the spool. Returns how many
+        were kept."""
+        if self.spooler is None:
+            return 0
+        kept = 0
+        for batch in self.buffer.take_all():
+            if batch.origin is None and self.spooler.keep(batch):
+                kept += len(batch)
+        self.spooler.spool.close()
+        return kept
 
     def _release_updates(self) -> None:
         for lost in self.buffer.release_updates():

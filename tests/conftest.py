@@ -14,6 +14,8 @@ import openapi
 import orjson
 import pytest
 
+from fiddler_trace import testing
+
 _sent: list[tuple[str, str]] = []
 _invalid: list[str] = []
 _original_send = httpx.Client.send
@@ -68,3 +70,11 @@ def request_log() -> Iterator[RequestLog]:
     log = RequestLog()
     yield log
     assert log.invalid == []
+
+
+@pytest.fixture(autouse=True)
+def _fresh_library_state() -> Iterator[None]:
+    """Each test starts and ends without library state: settings, pipeline, sinks, ids."""
+    testing.reset()
+    yield
+    testing.reset()

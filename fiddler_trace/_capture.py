@@ -1,0 +1,220 @@
+"""What the decorator, the batch path and the log handler share: checking their arguments,
+redacting, handing an event to the pipeline, and reporting what could not be captured.
+
+Argument checks run when a monitor decorates or a handler is built (import time) and raise
+:class:`ConfigurationError`. Everything else runs inside a monitored call or a log call and must
+never raise into it: :func:`report` is how a failure becomes visible instead (``stats()``'s
+``errors`` and ``last_error``, and a warning at most once a minute per kind).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
+
+from fiddler_trace import _ids, _otel, _pipeline
+from fiddler_trace._clock import monotonic
+from fiddler_trace._config import Settings
+from fiddler_trace._errors import ConfigurationError
+from fiddler_trace._event import Event
+
+__all__ = [
+    "Redact",
+    "apply_redact",
+    "check_column",
+    "check_model_id",
+    "check_redact",
+    "check_sample_rate",
+    "deliver",
+    "remember",
+    "report",
+]
+
+logger = logging.getLogger("fiddler_trace")
+Redactor = Callable[[dict[str, Any]], Any]
+#: Column names to drop, or a callable ``columns -> columns``; None: nothing to redact.
+Redact = Union[frozenset, Redactor, None]
+
+if hasattr(time, "clock_gettime") and hasattr(time, "CLOCK_MONOTONIC"):
+    # _clock.monotonic's clock, called directly: remember() runs on every captured call.
+    _gettime: Callable[[int], float] = time.clock_gettime
+    _MONOTONIC = time.CLOCK_MONOTONIC
+else:  # pragma: no cover - Windows
+
+    def _gettime(_: int) -> float:
+        return monotonic()
+
+    _MONOTONIC = 0
+
+_REPORT_EVERY = 60.0  # seconds between two warnings of one kind
+_reported: dict[str, float] = {}
+
+
+def report(kind: str, message: str, *, count: bool = True) -> None:
+    """Record that an event could not be captured; never raises.
+
+    Counted in ``errors`` (unless ``count`` is False), kept as ``last_error``, and logged as a
+    warning at most once a minute per ``kind`` (e.g. ``"monitor:predict"``), so a failure on
+    every call costs a dict lookup, not a log line.
+    """
+    try:
+        stats = _pipeline.STATS
+        if count:
+            next(stats.errors)
+        stats.last_error = message
+        now = monotonic()
+        last = _reported.get(kind)
+        if last is not None and now - last < _REPORT_EVERY:
+            return
+        _reported[kind] = now
+        logger.warning("fiddler_trace: %s (repeats are not logged for a minute)", message)
+    except Exception:  # reporting must not become a failure of its own
+        pass
+
+
+def forget_reports() -> None:
+    """Let every kind of warning be logged again (``testing.reset``)."""
+    _reported.clear()
+
+
+def describe(error: BaseException) -> str:
+    """``TypeName: message`` for a report; safe for any exception."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# -- checks at decoration time -------------------------------------------------------------
+
+
+def check_model_id(where: str, value: Any) -> str:
+    """``value`` as a canonical UUID string, or ConfigurationError naming ``where``."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            pass
+    shown = value if isinstance(value, str) else f"a {type(value).__name__}"
+    raise ConfigurationError(
+        f"{where} is {shown!r}, which is not a UUID; accepted: the model's id as shown in "
+        "Fiddler, e.g. '6f1c0f0e-1111-4222-8333-444455556666'"
+    )
+
+
+def check_sample_rate(where: str, value: Any) -> Optional[float]:
+    """None, or a float in [0, 1]; else ConfigurationError."""
+    if value is None:
+        return None
+    number = float(value) if isinstance(value, numbers.Real) else math.nan
+    if isinstance(value, bool) or math.isnan(number) or not 0.0 <= number <= 1.0:
+        raise ConfigurationError(
+            f"{where} is {value!r}; accepted: a number from 0.0 (capture no call) to 1.0 "
+            "(every call), or None for the global FIDDLER_TRACE_SAMPLE_RATE"
+        )
+    return number
+
+
+def check_column(where: str, value: Any) -> str:
+    """A non-empty column name; else ConfigurationError."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{where} is {value!r}; accepted: a non-empty column name")
+    return value
+
+
+def check_redact(where: str, value: Any) -> Redact:
+    """None, a callable, or a collection of column names (as a frozenset)."""
+    if value is None or callable(value):
+        return value
+    names = [value] if isinstance(value, str) else value
+    try:
+        result = frozenset(names)
+    except TypeError:
+        result = frozenset({None})
+    if not all(isinstance(name, str) for name in result):
+        raise ConfigurationError(
+            f"{where} is {value!r}; accepted: a list of column names to drop, or a callable "
+            "that takes the event's columns (a dict) and returns the columns to send"
+        )
+    return result
+
+
+# -- on the caller's thread ----------------------------------------------------------------
+
+
+def apply_redact(columns: dict[str, Any], redact: Redact) -> dict[str, Any]:
+    """Drop the named columns, or pass the columns through the callable.
+
+    Raises:
+        TypeError: the callable returned something other than a mapping (the event is then not
+            sent: an unredacted event must never leave).
+    """
+    if isinstance(redact, frozenset):
+        for name in redact:
+            columns.pop(name, None)
+        return columns
+    if redact is None:
+        return columns
+    result = redact(columns)
+    if type(result) is dict:
+        return result
+    if isinstance(result, Mapping):
+        return dict(result)
+    raise TypeError(f"redact returned {type(result).__name__}; accepted: a mapping of columns")
+
+
+def remember(event_id: str, model_id: Optional[str], id_column: str, settings: Settings) -> None:
+    """Let ``update()`` find ``event_id`` without a ``model_id``; None marks a sampled-out call."""
+    recent = _ids.RECENT
+    generation = recent.current
+    generation[event_id] = (model_id, id_column, _gettime(_MONOTONIC))
+    if len(generation) >= recent.generation_size or settings is not recent.sized_for:
+        _rotate(settings)
+
+
+def _rotate(settings: Settings) -> None:
+    recent = _ids.RECENT
+    if settings is not recent.sized_for:
+        recent.resize(settings.update_cache_size, settings.update_cache_ttl, settings)
+    if len(recent.current) >= recent.generation_size:
+        recent.rotate()
+
+
+def deliver(
+    model_id: str,
+    event_id: str,
+    timestamp: float,
+    columns: dict[str, Any],
+    id_column: str,
+    ts_column: str,
+    redact: Redact,
+    settings: Settings,
+) -> None:
+    """Add the trace columns, redact, remember the id and submit the event.
+
+    May raise (a redactor, an OpenTelemetry SDK): the caller reports it.
+    """
+    # The empty-context check of add_trace_columns, inlined: most calls have no span.
+    span = _otel.add_trace_columns(columns) if _otel.get_context() else None
+    if redact is not None:
+        columns = apply_redact(columns, redact)
+    if settings.redact is not None:
+        columns = apply_redact(columns, settings.redact)
+    # remember(), inlined: this runs on every captured call.
+    recent = _ids.RECENT
+    generation = recent.current
+    generation[event_id] = (model_id, id_column, _gettime(_MONOTONIC))
+    if len(generation) >= recent.generation_size or settings is not recent.sized_for:
+        _rotate(settings)
+    _pipeline.submit(Event(model_id, event_id, timestamp, columns, id_column, ts_column))
+    next(_pipeline.STATS.captured)
+    if span is not None:
+        _otel.tag(span, event_id)

@@ -1,0 +1,57 @@
+"""OpenTelemetry: tie an event to the caller's trace, with opentelemetry-api only.
+
+When a valid span is current, the event gets ``trace_id`` (32 hex digits) and ``span_id`` (16 hex
+digits) columns, and that span, the caller's, gets the attribute ``fiddler.event_id``: from the
+trace one finds the event, from the event the trace. The library creates no spans of its own and
+needs no SDK; without one every span is invalid and this costs one context lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+__all__ = [
+    "EVENT_ID_ATTRIBUTE",
+    "SPAN_ID_COLUMN",
+    "TRACE_ID_COLUMN",
+    "add_trace_columns",
+    "get_context",
+    "tag",
+]
+
+EVENT_ID_ATTRIBUTE = "fiddler.event_id"
+TRACE_ID_COLUMN = "trace_id"
+SPAN_ID_COLUMN = "span_id"
+
+#: The current OpenTelemetry context; empty (falsy) when nothing, hence no span, is set.
+get_context = otel_context.get_current
+_get_span = trace.get_current_span
+
+
+def add_trace_columns(columns: dict[str, Any]) -> Optional[trace.Span]:
+    """Add the current span's ``trace_id`` and ``span_id`` to ``columns``.
+
+    Returns the span, to :func:`tag` once the event is submitted, or None when no valid span is
+    current. May raise (a broken SDK): callers treat that as a capture failure.
+    """
+    # An empty context holds no span: without tracing this is one context-variable read.
+    if not get_context():
+        return None
+    span = _get_span()
+    span_context = span.get_span_context()
+    if not span_context.is_valid:
+        return None
+    columns[TRACE_ID_COLUMN] = f"{span_context.trace_id:032x}"
+    columns[SPAN_ID_COLUMN] = f"{span_context.span_id:016x}"
+    return span
+
+
+def tag(span: trace.Span, event_ids: Union[str, Sequence[str]]) -> None:
+    """Set ``fiddler.event_id`` on the caller's span: one id, or the list of a batch call."""
+    span.set_attribute(
+        EVENT_ID_ATTRIBUTE, event_ids if isinstance(event_ids, str) else list(event_ids)
+    )

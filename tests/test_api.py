@@ -1,0 +1,393 @@
+"""The module-level API: init, update, delete_events, flush/shutdown/stats, and end-to-end runs
+through the local collector, in process and in a subprocess configured only by environment."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+import fiddler_trace
+from fiddler_trace import ConfigurationError, FiddlerHandler, Job, _ids, _pipeline, monitor, testing
+from fiddler_trace.collector import Collector
+
+MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
+OTHER = "0b5e3b62-2222-4333-8444-555566667777"
+UNKNOWN_ID = "11111111-2222-4333-8444-555555555555"
+
+
+@monitor(MODEL)
+def predict(age, region="EU"):
+    return {"score": age / 100}
+
+
+@monitor(OTHER, event_id_column="request_id")
+def predict_other(x):
+    return x
+
+
+def test_public_names_are_pinned():
+    """The package's public surface, sorted."""
+    assert fiddler_trace.__all__ == [
+        "ConfigurationError",
+        "EventsClient",
+        "FiddlerAPIError",
+        "FiddlerHandler",
+        "Job",
+        "__version__",
+        "current_event_id",
+        "delete_events",
+        "flush",
+        "init",
+        "last_event_id",
+        "last_event_ids",
+        "monitor",
+        "shutdown",
+        "stats",
+        "update",
+    ]
+    assert fiddler_trace.__all__ == sorted(fiddler_trace.__all__)
+
+
+# -- init ------------------------------------------------------------------------------------
+
+
+def test_init_applies_settings_over_the_environment(monkeypatch):
+    """init(**settings) overrides FIDDLER_* values; what it does not name comes from them."""
+    monkeypatch.setenv("FIDDLER_TRACE_FLUSH_INTERVAL", "2.5")
+    assert fiddler_trace.init(sample_rate=0.25) is None
+    active = _pipeline.settings()
+    assert active.sample_rate == 0.25
+    assert active.flush_interval == 2.5
+
+
+def test_init_with_a_bad_value_names_it_and_changes_nothing():
+    """A bad init() argument raises ConfigurationError naming it; the old settings stay."""
+    fiddler_trace.init(sample_rate=0.5)
+    with pytest.raises(ConfigurationError, match=r"sample_rate.*7"):
+        fiddler_trace.init(sample_rate=7)
+    with pytest.raises(ConfigurationError, match="FIDDLER_URL"):
+        fiddler_trace.init(enabled=True)
+    assert _pipeline.settings().sample_rate == 0.5
+
+
+# -- update ----------------------------------------------------------------------------------
+
+
+def test_an_update_carries_only_the_id_and_the_changes():
+    """The PATCH row is {event id column: id, **columns}; the model comes from memory."""
+    with testing.capture() as events:
+        predict(41)
+        event_id = fiddler_trace.last_event_id()
+        fiddler_trace.update(event_id, {"target": 1})
+    assert events.updates == [{"target": 1, "event_id": event_id}]
+    assert events.update_models == [MODEL]
+
+
+def test_an_update_uses_the_monitors_id_column():
+    """The event id column the event was captured with is remembered for its update."""
+    with testing.capture() as events:
+        predict_other(1)
+        fiddler_trace.update(fiddler_trace.last_event_id(), {"label": "x"})
+    assert events.updates == [{"label": "x", "request_id": events[0]["request_id"]}]
+    assert events.update_models == [OTHER]
+
+
+def test_an_update_follows_its_event():
+    """Through the sink, events and updates arrive in call order."""
+    order = []
+    with testing.capture():
+        _pipeline.install_sink(lambda item: order.append(type(item).__name__) or True)
+        predict(1)
+        fiddler_trace.update(fiddler_trace.last_event_id(), {"target": 0})
+        predict(2)
+    assert order == ["Event", "Update", "Event"]
+
+
+def test_an_unknown_id_needs_a_model_id():
+    """Without model_id an id this process does not know is a ValueError saying what to pass."""
+    with testing.capture() as events:
+        with pytest.raises(ValueError, match="model_id="):
+            fiddler_trace.update(UNKNOWN_ID, {"target": 1})
+        fiddler_trace.update(UNKNOWN_ID, {"target": 1}, model_id=OTHER)
+        fiddler_trace.update(UNKNOWN_ID, {"t": 2}, model_id=OTHER, event_id_column="rid")
+    assert events.updates == [
+        {"target": 1, "event_id": UNKNOWN_ID},
+        {"t": 2, "rid": UNKNOWN_ID},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        ((UNKNOWN_ID, [("target", 1)]), {}, TypeError),
+        ((UNKNOWN_ID, "target=1"), {}, TypeError),
+        ((12345, {"target": 1}), {}, TypeError),
+        ((UNKNOWN_ID, {"target": 1}), {"model_id": "nope"}, ValueError),
+        ((UNKNOWN_ID, {"target": 1}), {"model_id": MODEL, "event_id_column": ""}, ValueError),
+    ],
+)
+def test_bad_update_arguments_raise_at_the_call(args, kwargs, error):
+    """update() is not a monitored call: argument errors raise, enabled or not."""
+    with pytest.raises(error):
+        fiddler_trace.update(*args, **kwargs)
+    with testing.capture(), pytest.raises(error):
+        fiddler_trace.update(*args, **kwargs)
+
+
+def test_update_does_nothing_while_disabled():
+    """With capture off update() checks its arguments and returns; no id is needed."""
+    fiddler_trace.update(UNKNOWN_ID, {"target": 1})
+    assert fiddler_trace.stats()["errors"] == 0
+
+
+def test_remembered_ids_expire_after_the_ttl(monkeypatch):
+    """An id older than update_cache_ttl seconds is unknown again."""
+    fiddler_trace.init(update_cache_ttl=60)
+    with testing.capture():
+        predict(1)
+        event_id = fiddler_trace.last_event_id()
+        later = _ids.monotonic() + 61
+        monkeypatch.setattr(_ids, "monotonic", lambda: later)
+        with pytest.raises(ValueError, match="model_id="):
+            fiddler_trace.update(event_id, {"target": 1})
+
+
+def test_remembered_ids_are_bounded():
+    """update() remembers at most update_cache_size ids, and at least the newest 3/4."""
+    fiddler_trace.init(update_cache_size=40)
+    ids = []
+    with testing.capture():
+        for i in range(1000):
+            predict(i)
+            ids.append(fiddler_trace.last_event_id())
+        assert len(_ids.RECENT) <= 40
+        for event_id in ids[-30:]:
+            fiddler_trace.update(event_id, {"target": 1})
+        with pytest.raises(ValueError, match="model_id="):
+            fiddler_trace.update(ids[0], {"target": 1})
+
+
+def test_the_global_redact_setting_applies_to_updates():
+    """Columns named in init(redact=...) never leave in an update either."""
+    fiddler_trace.init(redact=["email"])
+    with testing.capture() as events:
+        predict(1)
+        fiddler_trace.update(fiddler_trace.last_event_id(), {"target": 1, "email": "a@b"})
+    assert events.updates == [{"target": 1, "event_id": events[0]["event_id"]}]
+
+
+# -- delete_events ---------------------------------------------------------------------------
+
+NOW = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({}, "no filter"),
+        ({"event_ids": ["a"], "start_time": NOW, "end_time": NOW}, "not both"),
+        ({"start_time": NOW}, "end_time"),
+        ({"end_time": NOW}, "start_time"),
+        ({"start_time": NOW.replace(tzinfo=None), "end_time": NOW}, "time zone"),
+        ({"event_ids": ["a"], "update_metrics": True}, "update_metrics"),
+        ({"event_ids": []}, "empty"),
+        ({"event_ids": [str(i) for i in range(10_001)]}, "EventsClient"),
+    ],
+)
+def test_delete_events_refuses_before_sending(kwargs, text, request_log):
+    """Unsafe or ambiguous deletes are ValueErrors raised before any request."""
+    fiddler_trace.init(url="http://127.0.0.1:9", token="t")
+    with pytest.raises(ValueError, match=text):
+        fiddler_trace.delete_events(MODEL, **kwargs)
+    assert request_log.requests == []
+
+
+def test_delete_events_needs_url_and_token(monkeypatch):
+    """Without url and token delete_events raises ConfigurationError naming them."""
+    monkeypatch.delenv("FIDDLER_URL", raising=False)
+    monkeypatch.delenv("FIDDLER_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match="url and token"):
+        fiddler_trace.delete_events(MODEL, event_ids=["a"])
+
+
+def test_delete_events_sends_one_request_and_returns_the_job(monkeypatch, request_log):
+    """One DELETE with the validated body; the job of the response is returned."""
+    bodies = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(orjson.loads(request.content))
+        job = {"id": "2bb3a3a4-1111-4222-8333-444455556666", "name": "delete events"}
+        return httpx.Response(
+            202, json={"api_version": "3.0", "kind": "NORMAL", "data": {"job": job}}
+        )
+
+    monkeypatch.setattr(_pipeline, "_transport", httpx.MockTransport(answer))
+    fiddler_trace.init(url="https://fiddler.example.com", token="t")
+    job = fiddler_trace.delete_events(
+        MODEL, start_time="2026-01-01T00:00:00Z", end_time=NOW, update_metrics=True
+    )
+    assert job == Job(id="2bb3a3a4-1111-4222-8333-444455556666", name="delete events")
+    assert bodies == [
+        {
+            "model_id": MODEL,
+            "time_range": {
+                "start_time": "2026-01-01T00:00:00.000Z",
+                "end_time": "2026-01-02T00:00:00.000Z",
+            },
+            "update_metrics": True,
+        }
+    ]
+    assert request_log.requests == [("DELETE", "/v3/events")]
+
+
+# -- flush, shutdown, stats ------------------------------------------------------------------
+
+
+def test_flush_and_shutdown_without_a_pipeline():
+    """With nothing captured flush() is True at once and shutdown() is a no-op."""
+    assert fiddler_trace.flush(0.1) is True
+    assert fiddler_trace.shutdown(0.1) is None
+
+
+def test_stats_has_every_counter():
+    """stats() returns every counter of the contract, fresh each call."""
+    stats = fiddler_trace.stats()
+    expected = {
+        "captured",
+        "sent",
+        "updated",
+        "dropped",
+        "failed",
+        "errors",
+        "retried",
+        "sampled_out",
+        "spooled",
+        "replayed",
+        "queue_depth",
+        "last_error",
+    }
+    assert expected <= set(stats)
+    stats["captured"] = 99
+    assert fiddler_trace.stats()["captured"] == 0
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    with Collector(port=0) as running:
+        yield running
+
+
+def test_monitored_calls_reach_the_collector(collector, request_log):
+    """init -> monitored calls -> flush: every event is stored with its columns."""
+    fiddler_trace.init(enabled=True, url=collector.url, token="t")
+    ids = []
+    for age in (20, 30, 40):
+        predict(age, region="US")
+        ids.append(fiddler_trace.last_event_id())
+    assert fiddler_trace.flush(10)
+    stored = collector.events(MODEL)
+    assert [row["event_id"] for row in stored] == ids
+    assert [(row["age"], row["region"], row["score"]) for row in stored] == [
+        (20, "US", 0.2),
+        (30, "US", 0.3),
+        (40, "US", 0.4),
+    ]
+    assert all(row["timestamp"].endswith("Z") for row in stored)
+    stats = fiddler_trace.stats()
+    assert (stats["captured"], stats["sent"]) == (3, 3)
+
+
+def test_an_update_right_after_the_call_is_applied(collector, request_log):
+    """An update queued before its event was sent still lands after it."""
+    fiddler_trace.init(enabled=True, url=collector.url, token="t")
+
+    @monitor(OTHER)
+    def other(x):
+        return x
+
+    predict(50)
+    fiddler_trace.update(fiddler_trace.last_event_id(), {"target": 1})
+    other(7)
+    fiddler_trace.update(fiddler_trace.last_event_id(), {"label": "late"})
+    assert fiddler_trace.flush(10)
+    assert collector.events(MODEL)[0]["target"] == 1
+    assert collector.events(OTHER)[0]["label"] == "late"
+    assert fiddler_trace.stats()["updated"] == 2
+    assert {method for method, _ in request_log.requests} == {"POST", "PATCH"}
+
+
+def test_handler_events_and_delete_through_the_collector(collector, request_log):
+    """Log records become stored events; delete_events removes them by id."""
+    fiddler_trace.init(enabled=True, url=collector.url, token="t")
+    logger = logging.getLogger("app.e2e")
+    handler = FiddlerHandler(MODEL)
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            logger.warning("scored", extra={"fiddler": {"i": i, "event_id": f"log-{i}"}})
+    finally:
+        logger.removeHandler(handler)
+    assert fiddler_trace.flush(10)
+    assert collector.count(MODEL) == 3
+    job = fiddler_trace.delete_events(MODEL, event_ids=["log-0", "log-1"])
+    assert isinstance(job, Job)
+    assert [row["i"] for row in collector.events(MODEL)] == [2]
+
+
+def test_a_monitored_call_under_a_frozen_clock_still_flushes(collector):
+    """Delivery never depends on the caller's clock: frozen time still flushes."""
+    from freezegun import freeze_time
+
+    fiddler_trace.init(enabled=True, url=collector.url, token="t")
+    with freeze_time("2026-01-02T03:04:05.678Z"):
+        predict(1)
+        assert fiddler_trace.flush(10)
+    assert collector.events(MODEL)[0]["timestamp"] == "2026-01-02T03:04:05.678Z"
+
+
+@pytest.mark.slow
+def test_a_process_configured_only_by_environment_delivers_at_exit(collector):
+    """FIDDLER_TRACE_ENABLED/URL/TOKEN alone: the script exits normally, events arrive."""
+    script = textwrap.dedent(
+        f"""
+        import fiddler_trace
+
+        @fiddler_trace.monitor({MODEL!r})
+        def predict(x):
+            return {{"double": x * 2}}
+
+        for i in range(25):
+            predict(i)
+        first = fiddler_trace.last_event_id()
+        print("done")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
+    env.update(
+        FIDDLER_TRACE_ENABLED="1",
+        FIDDLER_URL=collector.url,
+        FIDDLER_TOKEN="secret-token",
+        FIDDLER_TRACE_FLUSH_INTERVAL="30",  # only the exit flush can deliver in time
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done"
+    assert done.stderr == ""
+    assert collector.count(MODEL) == 25  # acknowledged before the process ended
+    stored = collector.events(MODEL)
+    assert sorted(row["double"] for row in stored) == [2 * i for i in range(25)]
+    assert {row["x"] for row in stored} == set(range(25))

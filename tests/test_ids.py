@@ -1,0 +1,233 @@
+"""Event ids, timestamps and sampling of monitored calls."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import uuid
+import warnings
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+import fiddler_trace
+from fiddler_trace import _ids, monitor, testing
+
+MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
+OTHER = "0b5e3b62-2222-4333-8444-555566667777"
+
+
+@monitor(MODEL)
+def plain(x, y=2):
+    return x + y
+
+
+@monitor(MODEL)
+async def coroutine(x, y=2):
+    await asyncio.sleep(0)
+    return x + y
+
+
+# -- ids -------------------------------------------------------------------------------------
+
+
+def test_ids_are_uuid4_strings_and_unique():
+    """Generated ids are canonical RFC 4122 version-4 strings, unique across many calls."""
+    ids = {_ids.new_event_id() for _ in range(20000)}
+    assert len(ids) == 20000
+    for text in list(ids)[:500]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+
+
+def test_current_event_id_inside_the_call_is_the_events_id():
+    """current_event_id() inside the call is the id the event carries; cleared after."""
+    seen = []
+
+    @monitor(MODEL)
+    def predict(x):
+        seen.append(fiddler_trace.current_event_id())
+        return x
+
+    with testing.capture() as events:
+        predict(1)
+    assert seen == [events[0]["event_id"]]
+    assert fiddler_trace.current_event_id() is None
+    assert fiddler_trace.last_event_ids() == [events[0]["event_id"]]
+
+
+def test_nested_monitored_calls_restore_the_outer_current_id():
+    """An inner monitored call has its own current id; the outer's comes back after it."""
+    seen = []
+
+    @monitor(OTHER)
+    def inner():
+        seen.append(("inner", fiddler_trace.current_event_id()))
+
+    @monitor(MODEL)
+    def outer():
+        before = fiddler_trace.current_event_id()
+        inner()
+        seen.append(("outer", before, fiddler_trace.current_event_id()))
+
+    with testing.capture() as events:
+        outer()
+    by_model = dict(zip(events.models, (row["event_id"] for row in events)))
+    assert seen[0] == ("inner", by_model[OTHER])
+    assert seen[1] == ("outer", by_model[MODEL], by_model[MODEL])
+
+
+def test_ids_are_per_thread():
+    """Threads each see their own current and last ids."""
+    results: dict[int, tuple[Any, Any]] = {}
+    barrier = threading.Barrier(8)
+
+    @monitor(MODEL)
+    def predict(i):
+        barrier.wait(timeout=10)
+        return fiddler_trace.current_event_id()
+
+    def worker(i):
+        inside = predict(i)
+        results[i] = (inside, fiddler_trace.last_event_id())
+
+    with testing.capture() as events:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+    by_input = {row["i"]: row["event_id"] for row in events}
+    assert len(by_input) == 8
+    for i, (inside, last) in results.items():
+        assert inside == last == by_input[i]
+
+
+def test_ids_never_leak_between_concurrent_tasks():
+    """Concurrent asyncio tasks interleave, yet each sees only its own ids."""
+
+    @monitor(MODEL)
+    async def predict(i):
+        mine = fiddler_trace.current_event_id()
+        for _ in range(3):
+            await asyncio.sleep(0)
+            assert fiddler_trace.current_event_id() == mine
+        return mine
+
+    async def task(i):
+        inside = await predict(i)
+        await asyncio.sleep(0)
+        return i, inside, fiddler_trace.last_event_id()
+
+    async def main():
+        results = await asyncio.gather(*(task(i) for i in range(20)))
+        return results, fiddler_trace.last_event_id()
+
+    with testing.capture() as events:
+        results, parents_last = asyncio.run(main())
+    by_input = {row["i"]: row["event_id"] for row in events}
+    assert len(set(by_input.values())) == 20
+    for i, inside, last in results:
+        assert inside == last == by_input[i]
+    assert parents_last is None  # the tasks' ids stayed in the tasks
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_different_ids():
+    """After fork the child's random source is reseeded: it never repeats the parent's ids."""
+    _ids.seed(1234)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, _ids.new_event_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    assert os.WEXITSTATUS(status) == 0
+    assert uuid.UUID(child_id).version == 4
+    assert child_id != _ids.new_event_id()
+
+
+# -- timestamps ------------------------------------------------------------------------------
+
+
+def test_timestamps_follow_a_frozen_clock():
+    """Under freezegun the event's timestamp is the frozen time, ISO 8601 with ms and Z."""
+    with testing.capture() as events, freeze_time("2026-01-02T03:04:05.678Z"):
+        plain(1)
+        asyncio.run(coroutine(1))
+    assert [row["timestamp"] for row in events] == ["2026-01-02T03:04:05.678Z"] * 2
+
+
+def test_an_event_captured_under_a_frozen_clock_can_be_updated_later():
+    """Remembering ids for update() does not depend on the (frozen) wall clock."""
+    with testing.capture() as events:
+        with freeze_time("2001-01-01"):
+            plain(1)
+            event_id = fiddler_trace.last_event_id()
+        fiddler_trace.update(event_id, {"target": 1})
+    assert events.updates == [{"target": 1, "event_id": event_id}]
+
+
+# -- sampling --------------------------------------------------------------------------------
+
+
+def test_sample_rate_zero_captures_nothing_but_keeps_ids():
+    """Sampled-out calls get an id and are counted; updating them is a silent no-op."""
+
+    @monitor(MODEL, sample_rate=0.0)
+    def predict(x):
+        return x
+
+    with testing.capture() as events:
+        predict(1)
+        event_id = fiddler_trace.last_event_id()
+        fiddler_trace.update(event_id, {"target": 1})
+    assert events == []
+    assert events.updates == []
+    assert uuid.UUID(event_id).version == 4
+    assert fiddler_trace.stats()["sampled_out"] == 1
+
+
+def test_a_monitors_sample_rate_overrides_the_global_one():
+    """Per-monitor sample_rate wins over FIDDLER_TRACE_SAMPLE_RATE / init(sample_rate=)."""
+
+    @monitor(MODEL, sample_rate=1.0)
+    def always(x):
+        return x
+
+    fiddler_trace.init(sample_rate=0.0)
+    with testing.capture() as events:
+        always(1)
+        plain(1)
+    assert [row["x"] for row in events] == [1]
+    assert events[0]["prediction"] == 1
+    assert fiddler_trace.stats()["sampled_out"] == 1
+
+
+def test_sampling_is_decided_per_call():
+    """A seeded rate of 0.3 captures about 30% of calls; every call is counted once."""
+
+    @monitor(MODEL, sample_rate=0.3)
+    def predict(x):
+        return x
+
+    _ids.seed(42)
+    with testing.capture() as events:
+        for i in range(2000):
+            predict(i)
+    stats = fiddler_trace.stats()
+    assert stats["captured"] + stats["sampled_out"] == 2000
+    assert stats["captured"] == len(events)
+    assert math.isclose(len(events) / 2000, 0.3, abs_tol=0.05)
