@@ -210,11 +210,13 @@ def shutdown(timeout: Optional[float] = None) -> None:
 def stats() -> dict[str, Any]:
     """Counters of this process, in events (not requests); a new dict on each call.
 
-    Keys: ``captured``, ``sent``, ``updated``, ``dropped`` (queue full), ``failed`` (delivery gave
-    up), ``errors``, ``retried``, ``sampled_out``, ``spooled``, ``replayed``, ``queue_depth``, and
-    ``last_error`` (text or None). ``errors`` counts monitored calls that raised, plus calls and
-    log records the library could not turn into an event (a failing ``inputs``/``outputs``/
-    ``metadata`` callable or redactor, a batch result of the wrong length, a record without a
-    mapping or model); ``last_error`` says which. A forked child starts from zero.
+    Keys: ``captured``, ``sent``, ``updated``, ``dropped`` (queue or spool full), ``failed``
+    (delivery gave up), ``errors`` (monitored calls that raised), ``retried``, ``sampled_out``,
+    ``spooled``, ``replayed``, ``truncated`` (strings cut at ``max_value_chars``),
+    ``capture_errors``, ``queue_depth``, and ``last_error`` (text or None). ``capture_errors``
+    counts calls and log records the library could not turn into an event (a failing
+    ``inputs``/``outputs``/``metadata`` callable or redactor, a batch result of the wrong length,
+    a record without a mapping or model); ``last_error`` says which. A forked child starts from
+    zero.
     """
     return _pipeline.stats()

@@ -58,14 +58,14 @@ _reported: dict[str, float] = {}
 def report(kind: str, message: str, *, count: bool = True) -> None:
     """Record that an event could not be captured; never raises.
 
-    Counted in ``errors`` (unless ``count`` is False), kept as ``last_error``, and logged as a
-    warning at most once a minute per ``kind`` (e.g. ``"monitor:predict"``), so a failure on
-    every call costs a dict lookup, not a log line.
+    Counted in ``capture_errors`` (unless ``count`` is False), kept as ``last_error``, and
+    logged as a warning at most once a minute per ``kind`` (e.g. ``"monitor:predict"``), so a
+    failure on every call costs a dict lookup, not a log line.
     """
     try:
         stats = _pipeline.STATS
         if count:
-            next(stats.errors)
+            next(stats.capture_errors)
         stats.last_error = message
         now = monotonic()
         last = _reported.get(kind)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 __all__ = ["HOT_COUNTERS", "WORKER_COUNTERS", "Stats", "read_count"]
 
-HOT_COUNTERS = ("captured", "dropped", "errors", "sampled_out")
+HOT_COUNTERS = ("captured", "dropped", "errors", "sampled_out", "capture_errors")
 WORKER_COUNTERS = (
     "sent",
     "updated",
@@ -38,6 +38,10 @@ class Stats:
         self.dropped = itertools.count()
         self.errors = itertools.count()
         self.sampled_out = itertools.count()
+        # Events we could not build (a failing inputs/outputs/metadata callable or redactor, a
+        # batch result of the wrong length, an unusable log record); ``errors`` counts only
+        # monitored calls that raised.
+        self.capture_errors = itertools.count()
         self.sent = 0
         self.updated = 0
         self.failed = 0

@@ -160,7 +160,7 @@ def test_a_length_mismatch_is_logged_and_counted_never_raised(caplog):
     assert events == []
     assert fiddler_trace.last_event_ids() == []
     stats = fiddler_trace.stats()
-    assert stats["errors"] == 2
+    assert (stats["capture_errors"], stats["errors"]) == (2, 0)
     assert "3 rows for 2 input rows" in stats["last_error"]
     assert len([r for r in caplog.records if r.name == "fiddler_trace"]) == 1
 
@@ -293,5 +293,5 @@ def test_a_row_that_fails_to_build_costs_only_that_row():
         predict([{"a": 1}, {"a": 2}, {"a": 3}])
     assert [row["a"] for row in events] == [1, 3]
     stats = fiddler_trace.stats()
-    assert (stats["captured"], stats["errors"]) == (2, 1)
+    assert (stats["captured"], stats["capture_errors"], stats["errors"]) == (2, 1, 0)
     assert len(fiddler_trace.last_event_ids()) == 3

@@ -54,7 +54,7 @@ def test_other_records_are_ignored(log):
         log.warning("with args %s", 1)
         log.info("other extra", extra={"user": "x"})
     assert events == []
-    assert fiddler_trace.stats()["errors"] == 0
+    assert fiddler_trace.stats()["capture_errors"] == 0
 
 
 def test_the_mappings_event_id_is_used(log):
@@ -81,7 +81,7 @@ def test_the_model_may_come_from_the_record():
         logger.removeHandler(handler)
     assert events.models == [OTHER]
     stats = fiddler_trace.stats()
-    assert stats["errors"] == 2
+    assert stats["capture_errors"] == 2
     assert "fiddler_model_id" in stats["last_error"]
 
 
@@ -102,7 +102,7 @@ def test_bad_records_are_counted_and_never_raise(log, monkeypatch):
         log.info("b", extra={"fiddler": Exploding(x=1)})
         log.info("c", extra={"fiddler": "text"})
     assert events == []
-    assert fiddler_trace.stats()["errors"] == 3
+    assert fiddler_trace.stats()["capture_errors"] == 3
 
 
 def test_failures_are_reported_at_most_once_a_minute(log, caplog):
