@@ -152,6 +152,7 @@ class BatchBuffer:
         self.held: list[Batch] = []  # update batches waiting for their publishes
         self.open: set[Batch] = set()  # every drained, unresolved batch
         self._failed_ids: LRUCache[tuple[str, str], bool] = LRUCache(maxsize=failed_id_memory)
+        self.dropped_ids: dict[tuple[str, str], bool] = {}  # written by producers on a drop
 
     # -- producer side: any thread -------------------------------------------------------------
 
@@ -160,6 +161,10 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
+            if type(item) is Event and len(self.dropped_ids) < self.max_events:
+                # So that a later update of this event is dropped too, not sent for an event
+                # the server never got. A dict set is atomic; the worker moves these on.
+                self.dropped_ids[(item.model_id, item.event_id)] = True
             return False
         queue.append(item)
         next(self.accepted)
@@ -236,12 +241,19 @@ class BatchBuffer:
         else:
             self.ready.append(batch)
 
+    def forget(self, model_id: str, event_id: str) -> None:
+        """This event will never be published: drop its updates."""
+        self._failed_ids[(model_id, event_id)] = True
+
     def release_updates(self) -> Iterator[Batch]:
         """Move held update batches whose publishes are all resolved to :attr:`ready`.
 
         Yields, as batches of their own, the updates taken out because the publish of their
         event failed for good; the caller resolves those as failed.
         """
+        while self.dropped_ids:
+            key, _ = self.dropped_ids.popitem()
+            self._failed_ids[key] = True
         still: list[Batch] = []
         for batch in self.held:
             if self._publishes_before(batch.model_id, batch.seqs[-1]):
@@ -265,11 +277,12 @@ class BatchBuffer:
             for b in self.open
         )
 
-    def resolve(self, batch: Batch, delivered: bool) -> None:
-        """The batch is done: delivered, or failed for good."""
+    def resolve(self, batch: Batch, delivered: bool, remember: bool = True) -> None:
+        """The batch is done: delivered, or failed for good (``remember``: drop the updates of
+        its events later), or kept on disk (not ``remember``)."""
         self.open.discard(batch)
         self.outstanding -= len(batch)
-        if not delivered and batch.method == POST:
+        if not delivered and remember and batch.method == POST:
             for event_id in batch.ids:
                 self._failed_ids[(batch.model_id, event_id)] = True
 

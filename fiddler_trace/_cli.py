@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(
             f"must be a TCP port 0..65535 (0: any free port): {text!r}"
         )
@@ -51,7 +51,7 @@ def _port(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
     return int(text)
 
@@ -167,12 +167,12 @@ def _run_collector(args: argparse.Namespace) -> int:
 def _stop_signals() -> Iterator[threading.Event]:
     """An event set by Ctrl-C or SIGTERM while inside (caught only on the main thread)."""
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda signum, frame: stop.set())
+            previous[signum] = signal.signal(signum, lambda _signum, _frame: stop.set())
     try:
         yield stop
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for caught, handler in previous.items():
+            signal.signal(caught, handler)

@@ -23,7 +23,7 @@ from fiddler_trace._config import Settings, load_settings
 from fiddler_trace._encode import Encoder
 from fiddler_trace._spool import Spool
 from fiddler_trace._spooler import Spooler
-from fiddler_trace._stats import Stats
+from fiddler_trace._stats import Stats, read_count
 from fiddler_trace._worker import THREAD_NAME, BatchWorker
 
 __all__ = [
@@ -90,6 +90,7 @@ class Pipeline:
             spooler=self.spooler,
         )
         self.running = False
+        self._dropped_at_flush = 0
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -139,19 +140,26 @@ class Pipeline:
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued before the call is delivered or failed for good.
 
-        Returns True only when all of it was delivered. Never raises.
+        Returns True only when all of it was delivered: False too when events were dropped
+        (buffer full) since the previous flush. Never raises.
         """
         if threading.current_thread() is self._thread:
             return False  # e.g. a log handler flushed from the worker: waiting would deadlock
+        dropped = read_count(self.stats.dropped)
+        none_dropped = dropped == self._dropped_at_flush
+        self._dropped_at_flush = dropped
         if self._thread is None:
-            return self.buffer.depth() == 0
-        if not self.running and not self._closed:
-            self._start()
+            return self.buffer.depth() == 0 and none_dropped
+        try:
+            if not self.running and not self._closed:
+                self._start()
+        except RuntimeError:  # no thread can be started (interpreter shutting down)
+            return False
         waiter = self.worker.add_waiter()
         if not waiter.done.wait(timeout):
             self.worker.remove_waiter(waiter)
             return False
-        return waiter.delivered
+        return waiter.delivered and none_dropped
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Flush within ``timeout``, stop the thread, close connections. Idempotent.
@@ -159,6 +167,7 @@ class Pipeline:
         Returns True when everything was delivered.
         """
         start = monotonic()
+        self.worker.exit_now()
         delivered = self.flush(timeout)
         with self._start_lock:
             self._closed = True
@@ -168,10 +177,18 @@ class Pipeline:
         if thread is not None and thread is not threading.current_thread():
             left = None if timeout is None else max(0.0, timeout - (monotonic() - start))
             thread.join(left)
-        if (thread is None or not thread.is_alive()) and self._client is not None:
+        stuck = thread is not None and thread.is_alive()
+        if stuck:
+            self.worker.abandon_waiters()  # flushes in other threads must not wait forever
+        elif self._client is not None:
             self._client.close()
         if self.spooler is not None:
-            kept = self.worker.keep_all()
+            try:
+                # With the worker stuck in a request, its batch is kept too: at-least-once.
+                kept = self.worker.keep_all()
+            except Exception as error:  # the stuck worker woke and changed the buffer
+                kept = 0
+                self.stats.last_error = f"spool at exit: {error!r}"
             if kept:
                 logger.warning(
                     "fiddler_trace: %d events kept in the spool %s for the next run",
@@ -283,10 +300,19 @@ def submit(item: Item) -> bool:
     pipeline = _current
     # The pid check catches forks that bypass os.register_at_fork (uWSGI forks from C).
     if pipeline is None or pipeline.pid != os.getpid():
-        pipeline = _start()
+        try:
+            pipeline = _start()
+        except Exception:  # e.g. no thread can start during interpreter shutdown
+            pipeline = None
         if pipeline is None:
+            if _exiting:
+                next(STATS.dropped)  # captured after the exit flush: lost, and said so
             return False
-    return pipeline.enqueue(item)
+    try:
+        return pipeline.enqueue(item)
+    except RuntimeError:  # "can't start new thread"
+        next(STATS.dropped)
+        return False
 
 
 def install_sink(sink: Optional[Sink]) -> Optional[Sink]:

@@ -142,6 +142,8 @@ class Spool:
         self._own_size = 0
         self._reading: Optional[tuple[Path, int, Iterator[Record]]] = None
         self._counter = 0
+        self._handed_out = 0  # end offset of the last record handed out of the open segment
+        self._skip: set[Path] = set()  # handed out but not all acknowledged: not again for now
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
 
@@ -208,14 +210,15 @@ class Spool:
                 return None
             assert self._reading is not None
             try:
-                return next(self._reading[2])
+                record = next(self._reading[2])
+                self._handed_out = record.end
+                return record
             except StopIteration:
-                path, _, _ = self._reading
-                self._finish(path)
+                self._finish()
 
     def _open_next(self) -> bool:
         for path in self.segments():
-            if path == self._own:
+            if path == self._own or path in self._skip:
                 continue
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -229,7 +232,7 @@ class Spool:
                 continue
             with os.fdopen(os.dup(fd), "rb") as handle:
                 raw = handle.read()
-            start = self._acked(path)
+            start = self._handed_out = self._acked(path)
             self._reading = (path, fd, read_records(raw, start, path))
             return True
         return False
@@ -251,11 +254,16 @@ class Spool:
         except (FileNotFoundError, ValueError):
             return 0
 
-    def _finish(self, path: Path) -> None:
-        """Every record of the segment was handed out; delete it if all were acknowledged."""
-        size = path.stat().st_size if path.exists() else 0
-        if self._acked(path) >= size:
+    def _finish(self) -> None:
+        """Every readable record of the segment was handed out. Delete the segment when all of
+        them were acknowledged (what follows the last one is a torn write: garbage); else keep
+        it, and skip it until :meth:`release`."""
+        assert self._reading is not None
+        path = self._reading[0]
+        if self._acked(path) >= self._handed_out:
             _remove(path)
+        else:
+            self._skip.add(path)
         self._stop_reading()
 
     def _stop_reading(self) -> None:
@@ -266,6 +274,7 @@ class Spool:
     def release(self) -> None:
         """Stop replaying for now (the server fails again); progress so far is kept."""
         self._stop_reading()
+        self._skip.clear()
 
     # -- bounds and listing ----------------------------------------------------------------
 

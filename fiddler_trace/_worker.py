@@ -17,6 +17,7 @@ from fiddler_trace import _retry
 from fiddler_trace._buffer import POST, Batch, BatchBuffer, Item
 from fiddler_trace._clock import Clock
 from fiddler_trace._errors import FiddlerAPIError
+from fiddler_trace._event import Event
 from fiddler_trace._retry import Outcome
 from fiddler_trace._spooler import ReplayMark, Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -158,17 +159,35 @@ class BatchWorker:
 
     def run(self, idle_wait: float) -> None:
         """The thread body: loop until stopped. Never raises."""
-        while not self.stopping:
-            try:
-                delay = self.step()
-            except Exception as error:  # never die silently: count, log, go on
-                self.stats.last_error = f"internal error: {error!r}"
-                logger.exception("fiddler_trace: internal error in the worker; continuing")
-                delay = idle_wait
-            if delay == 0.0:
-                continue
-            self.wake.wait(idle_wait if delay is None else min(delay, idle_wait))
-            self.wake.clear()
+        try:
+            while not self.stopping:
+                try:
+                    delay = self.step()
+                except Exception as error:  # never die silently: count, log, go on
+                    self.stats.last_error = f"internal error: {error!r}"
+                    if self._warn(f"internal:{type(error).__name__}", "", log=False):
+                        logger.exception("fiddler_trace: internal error in the worker; continuing")
+                    delay = idle_wait
+                if delay == 0.0:
+                    continue
+                self.wake.wait(idle_wait if delay is None else min(delay, idle_wait))
+                self.wake.clear()
+        finally:
+            self.abandon_waiters()
+
+    def abandon_waiters(self) -> None:
+        """The loop ends: every flush still waiting returns now, with False."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.delivered = False
+            waiter.done.set()
+
+    def exit_now(self) -> None:
+        """Exit has begun: a batch in backoff gets one more try at once, since the process may
+        be gone before the backoff ends."""
+        self.blocked_until = 0.0
+        self.wake.set()
 
     # -- sending and outcomes --------------------------------------------------------------
 
@@ -337,6 +356,8 @@ class BatchWorker:
     def _refuse(self, item: Item, seq: int, reason: str) -> None:
         self.stats.failed += 1
         self._failed([seq])
+        if isinstance(item, Event):
+            self.buffer.forget(item.model_id, item.event_id)
         self._warn(
             f"refused:{item.model_id}",
             f"fiddler_trace: an event for model {item.model_id} was dropped: {reason}",
@@ -351,14 +372,17 @@ class BatchWorker:
         ):
             self._dropped_seen = dropped
 
-    def _warn(self, key: str, message: str) -> bool:
-        """Log a warning at most once a minute per key; True if it was logged."""
+    def _warn(self, key: str, message: str, *, log: bool = True) -> bool:
+        """Log a warning at most once a minute per key; True if it was (or may be) logged."""
         now = self.clock()
         last = self._warned.get(key)
         if last is not None and now - last < _LOG_EVERY:
             return False
+        if len(self._warned) > 1000:  # distinct 400 messages must not grow this without bound
+            self._warned.clear()
         self._warned[key] = now
-        logger.warning(message)
+        if log:
+            logger.warning(message)
         return True
 
 

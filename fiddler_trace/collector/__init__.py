@@ -20,13 +20,19 @@ The contract
 Fiddler's envelopes (``{"api_version": "3.0", "kind": "NORMAL", "data": ...}`` and
 ``{"api_version": "3.0", "kind": "ERROR", "error": {"code", "message", "errors"}}``):
 
-- Validation is strict; each 400 names the field (``source.events[3]``, ``time_range.end_time``).
-  At most 1000 events per request. Streaming events are accepted for ``PRODUCTION`` only (Fiddler
-  takes ``PRE_PRODUCTION`` data as files).
+- Validation is strict; each 400 names the field (``source.events[3]``, ``time_range.end_time``)
+  and ``error.errors[0].reason`` says what kind of error it is. At most 1000 events per request.
+  Streaming events are accepted for ``PRODUCTION`` only (Fiddler takes ``PRE_PRODUCTION`` data
+  as files). A DELETE is refused with no filter (it would delete everything), with both filters,
+  with an empty ``event_ids``, with ``update_metrics`` and ids, with one end of a range, or with
+  a range bound that is a date without a UTC offset. ``error.code`` is always the HTTP status,
+  also for those the spec's enum does not list (401, 405, 409, 413, 415).
 - ``Authorization: Bearer <token>`` is required (401 otherwise); any token is accepted unless
-  the collector was given one. Unknown path: 404; other method: 405 with ``Allow``; body over
-  ``max_body_bytes``: 413 (decided from ``Content-Length``, then the connection is closed);
-  neither ``Content-Length`` nor chunked: 411. ``Content-Encoding: gzip`` is accepted.
+  the collector was given one. Unknown path: 404 (checked before auth); other method: 405 with
+  ``Allow``; body over ``max_body_bytes``: 413, decided from ``Content-Length`` before reading,
+  then the connection is closed (after draining, so the client reads the 413). A request with
+  neither ``Content-Length`` nor chunked framing has an empty body: 400 ``missing_body``.
+  ``Content-Encoding: gzip`` is accepted (the limit applies to the decompressed size too).
 - POST answers each event's id (its ``event_id_column`` value as a string, or a new uuid4 that
   is also stored into the event). A FILE source answers 202 with a job and stores nothing.
 - Republishing an event id already stored for the model keeps the first event (a retried batch
@@ -39,6 +45,14 @@ Fiddler's envelopes (``{"api_version": "3.0", "kind": "NORMAL", "data": ...}`` a
   and end exclusive, bounds as ISO 8601 with an offset or epoch seconds; answered 202 with a job
   after the events are gone. Event timestamps are read as ISO 8601 (naive means UTC) or epoch
   seconds; an event whose timestamp is neither is stored but no range selects it.
+
+Storage
+-------
+SQLite: tables ``events`` (one row per event: model, event id, epoch timestamp, the event's JSON),
+``requests`` (model, ``env_type``, ``env_name``, arrival time of each publish), ``updates`` and
+``models``; the view ``stored_events`` joins them for a person with ``sqlite3``. A file database
+runs in WAL mode; each request is one transaction. Which event ids are stored is also kept in
+memory (rebuilt when a database is opened), so one collector at a time may use a database file.
 
 Read side (an extension of the API, same auth)
 ----------------------------------------------

@@ -229,7 +229,7 @@ class EventsApp:
 
     def _read_updates(self, query: _validate.ReadQuery) -> Reply:
         updates = self.store.updates(query.model_id, limit=query.limit, offset=query.offset)
-        total = self.store.count(query.model_id, table="updates")
+        total = self.store.count_updates(query.model_id)
         return ok_reply({"updates": updates, "total": total}, events=len(updates))
 
     # -- counters and the request log --------------------------------------------------------

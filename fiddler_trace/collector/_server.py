@@ -54,6 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        threading.current_thread().name = "fiddler-trace-collector-connection"
         self.server.track(self.connection)
         self._unread_body = 0  # bytes of the current request's body left unread; -1: unknown
 
@@ -141,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         if text is None:
             return None
         text = text.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise _BodyError("invalid_header", f"Content-Length {text!r} is not a byte count")
         return int(text)
 
@@ -242,7 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         """Answer http.server's own errors (bad request line, unknown method) in the envelope."""
         self.close_connection = True
-        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
         reply = error_reply(code, phrase.lower().replace(" ", "_"), message or phrase)
         self.server.app.finished(str(self.command), str(self.path), reply, 0.0)
         with contextlib.suppress(OSError):  # the client is gone: nothing left to tell it

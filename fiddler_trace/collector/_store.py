@@ -6,9 +6,15 @@ process loses nothing committed, a power cut may lose the last transactions, whi
 trade for a local test server that must ingest tens of thousands of events a second.
 
 Events are stored as the JSON the client sent (re-encoded once by orjson, with a generated event
-id added when the event had none), keyed by ``(model_id, event_id)``. Republishing an id that is
-already stored for the model keeps the first event and counts a duplicate: a client retry that
-repeats a batch which had in fact landed must not change or reorder what is stored.
+id added when the event had none). Republishing an id that is already stored for the model keeps
+the first event and counts a duplicate: a client retry that repeats a batch which had in fact
+landed must not change or reorder what is stored.
+
+The map from ``(model, event id)`` to the row is kept in memory, rebuilt from the table on
+open, rather than as a unique SQLite index: event ids are random UUIDs, and keeping a
+random-key B-tree up to date made every insert several times slower as the table grew (and, in
+a file, rewrote most of the index's pages on each commit). It costs ~150 bytes of memory per
+stored event and means one collector per database file at a time.
 """
 
 from __future__ import annotations
@@ -29,9 +35,8 @@ from fiddler_trace.collector._validate import parse_time
 __all__ = ["DuplicateEventError", "EventStore", "PublishResult", "UpdateResult"]
 
 SCHEMA_VERSION = 1
-# Per-request facts (model, environment, arrival time) live in `requests`, not in each event row:
-# with one index to maintain, an event row is the smallest that dedup and lookups allow, which
-# is what keeps ingest above 50,000 events/s. The view joins them back for people using sqlite3.
+# Per-request facts (environment, arrival time) live in `requests`, not in each event row, to
+# keep event rows small; the view joins them back for people using the sqlite3 shell.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY,
@@ -52,7 +57,7 @@ CREATE TABLE IF NOT EXISTS events (
     request INTEGER NOT NULL REFERENCES requests (id),
     body BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (model, event_id);
+CREATE INDEX IF NOT EXISTS events_by_model ON events (model, seq);
 CREATE TABLE IF NOT EXISTS updates (
     seq INTEGER PRIMARY KEY,
     model INTEGER NOT NULL REFERENCES models (id),
@@ -67,13 +72,10 @@ CREATE VIEW IF NOT EXISTS stored_events AS
     JOIN models ON models.id = events.model
     JOIN requests ON requests.id = events.request;
 """
-# A WAL checkpoint copies pages back into the database; doing it every ~40 MB instead of every
-# 4 MB lets the random index pages each batch dirties be copied once for many batches.
 _FILE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA cache_size=-65536",
-    "PRAGMA wal_autocheckpoint=10000",
 )
 
 
@@ -120,7 +122,9 @@ class EventStore:
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._closed = False
-        self._models: dict[str, int] = {}
+        self._models: dict[str, int] = {}  # model_id -> models.id
+        self._rows: dict[int, dict[str, int]] = {}  # models.id -> event id -> events.seq
+        self._next_seq = 1
         # isolation_level=None: transactions are opened explicitly, one per request.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -141,7 +145,16 @@ class EventStore:
             )
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._load()
+
+    def _load(self) -> None:
+        """Rebuild the in-memory maps from the tables (on open, and after a failed write)."""
         self._models = dict(self._db.execute("SELECT model_id, id FROM models"))
+        self._rows = {model: {} for model in self._models.values()}
+        for model, event_id, seq in self._db.execute("SELECT model, event_id, seq FROM events"):
+            self._rows[model][event_id] = seq
+        last = self._db.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        self._next_seq = (last or 0) + 1
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -149,23 +162,31 @@ class EventStore:
             self._db.execute("BEGIN")
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                # A model first seen in this transaction is gone again: forget its cached id.
-                self._models = dict(self._db.execute("SELECT model_id, id FROM models"))
+                self._db.execute("COMMIT")
+            except DuplicateEventError:
+                self._db.execute("ROLLBACK")  # raised before anything was written
                 raise
-            self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._load()  # the maps may hold what was just rolled back
+                raise
         with self._changed:
             self._changed.notify_all()
 
     def _model(self, db: sqlite3.Connection, model_id: str) -> int:
         """The model's row id, created on first use; call inside a transaction."""
-        model_id = model_id.lower()  # one model, however the client spelled its UUID
         key = self._models.get(model_id)
         if key is None:
             cursor = db.execute("INSERT INTO models (model_id) VALUES (?)", (model_id,))
             key = self._models[model_id] = int(cursor.lastrowid or 0)
+            self._rows[key] = {}
         return key
+
+    def _known(self, model_id: str) -> dict[str, int]:
+        """Event id -> seq of a model's stored events (empty for an unknown model)."""
+        key = self._models.get(model_id.lower())
+        return self._rows.get(key, {}) if key is not None else {}
 
     def publish(
         self,
@@ -186,45 +207,42 @@ class EventStore:
         """
         id_column, ts_column, dumps = self._id_column, self._ts_column, orjson.dumps
         ids: list[str] = []
-        rows: list[tuple[Any, ...]] = []
-        for event in events:
+        prepared: list[tuple[str, Optional[float], bytes]] = []
+        for event in events:  # outside the lock: this is most of the per-event Python work
             event_id = event.get(id_column)
             if event_id is None:
                 event_id = event[id_column] = str(uuid.uuid4())
             elif type(event_id) is not str:
                 event_id = str(event_id)
             ids.append(event_id)
-            rows.append((event_id, parse_time(event.get(ts_column)), dumps(event)))
-        verb = "INSERT" if reject_duplicates else "INSERT OR IGNORE"
-        try:
-            with self._transaction() as db:
-                model = self._model(db, model_id)
-                request = db.execute(
-                    "INSERT INTO requests (model, env_type, env_name, received_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (model, env_type, env_name, time.time()),
-                ).lastrowid
-                stored = db.executemany(
-                    f"{verb} INTO events (model, event_id, ts, request, body) "
-                    f"VALUES ({model}, ?, ?, {request}, ?)",
-                    rows,
-                ).rowcount
-        except sqlite3.IntegrityError:
-            raise DuplicateEventError(self._first_duplicate(model_id, ids)) from None
-        return PublishResult(ids, len(rows) - stored)
-
-    def _first_duplicate(self, model_id: str, ids: list[str]) -> str:
-        seen: set[str] = set()
-        model = self._models.get(model_id.lower())
-        with self._lock:
-            for event_id in ids:
-                found = self._db.execute(
-                    "SELECT 1 FROM events WHERE model = ? AND event_id = ?", (model, event_id)
-                ).fetchone()
-                if found or event_id in seen:
-                    return event_id
-                seen.add(event_id)
-        return ids[0]
+            prepared.append((event_id, parse_time(event.get(ts_column)), dumps(event)))
+        with self._transaction() as db:
+            known = self._known(model_id)
+            seq = first_seq = self._next_seq
+            added: dict[str, int] = {}
+            rows: list[tuple[int, str, Optional[float], bytes]] = []
+            for event_id, ts, body in prepared:
+                if event_id in known or event_id in added:
+                    if reject_duplicates:
+                        raise DuplicateEventError(event_id)  # before anything is written
+                    continue
+                added[event_id] = seq
+                rows.append((seq, event_id, ts, body))
+                seq += 1
+            model = self._model(db, model_id.lower())
+            request = db.execute(
+                "INSERT INTO requests (model, env_type, env_name, received_at) VALUES (?, ?, ?, ?)",
+                (model, env_type, env_name, time.time()),
+            ).lastrowid
+            # model and request are integers from SQLite itself, inlined to bind fewer values.
+            db.executemany(
+                f"INSERT INTO events (seq, model, event_id, ts, request, body) "
+                f"VALUES (?, {model}, ?, ?, {int(request or 0)}, ?)",
+                rows,
+            )
+            self._rows[model].update(added)
+            self._next_seq = seq
+        return PublishResult(ids, len(prepared) - (seq - first_seq))
 
     def update(self, model_id: str, events: list[dict[str, Any]]) -> UpdateResult:
         """Merge each update's columns into the stored event with its id, in order.
@@ -236,24 +254,23 @@ class EventStore:
         applied: list[str] = []
         unknown: list[str] = []
         with self._transaction() as db:
+            known = self._known(model_id)
             model = self._models.get(model_id.lower())
             for columns in events:
                 event_id = str(columns[id_column])
-                row = db.execute(
-                    "SELECT seq, body FROM events WHERE model = ? AND event_id = ?",
-                    (model, event_id),
-                ).fetchone()
-                if row is None:
+                seq = known.get(event_id)
+                if seq is None:
                     unknown.append(event_id)
                     continue
-                merged = orjson.loads(row[1])
+                row = db.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
+                merged = orjson.loads(row[0])
                 stored_id = merged.get(id_column)
                 merged.update(columns)
                 # The stored spelling of the id wins: an update may send "7" for a stored 7.
                 merged[id_column] = stored_id
                 db.execute(
                     "UPDATE events SET body = ?, ts = ? WHERE seq = ?",
-                    (orjson.dumps(merged), parse_time(merged.get(ts_column)), row[0]),
+                    (orjson.dumps(merged), parse_time(merged.get(ts_column)), seq),
                 )
                 db.execute(
                     "INSERT INTO updates (model, event_id, received_at, body) VALUES (?, ?, ?, ?)",
@@ -265,11 +282,10 @@ class EventStore:
     def delete_ids(self, model_id: str, event_ids: list[str]) -> int:
         """Delete the model's events with these ids; return how many were stored."""
         with self._transaction() as db:
-            model = self._models.get(model_id.lower())
-            return db.executemany(
-                "DELETE FROM events WHERE model = ? AND event_id = ?",
-                [(model, event_id) for event_id in event_ids],
-            ).rowcount
+            known = self._known(model_id)
+            seqs = [(seq,) for seq in (known.pop(e, None) for e in event_ids) if seq is not None]
+            db.executemany("DELETE FROM events WHERE seq = ?", seqs)
+        return len(seqs)
 
     def delete_range(self, model_id: str, start: float, end: float) -> int:
         """Delete the model's events with a timestamp in ``[start, end)``; return the count.
@@ -278,10 +294,15 @@ class EventStore:
         publish.
         """
         with self._transaction() as db:
-            return db.execute(
-                "DELETE FROM events WHERE model = ? AND ts >= ? AND ts < ?",
+            known = self._known(model_id)
+            doomed = db.execute(
+                "SELECT seq, event_id FROM events WHERE model = ? AND ts >= ? AND ts < ?",
                 (self._models.get(model_id.lower()), start, end),
-            ).rowcount
+            ).fetchall()
+            db.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq, _ in doomed])
+            for _, event_id in doomed:
+                known.pop(event_id, None)
+        return len(doomed)
 
     def events(
         self, model_id: Optional[str] = None, *, limit: int = -1, offset: int = 0
@@ -315,14 +336,21 @@ class EventStore:
             return "", ()
         return "WHERE model = ?", (self._models.get(model_id.lower()),)
 
-    def count(self, model_id: Optional[str] = None, *, table: str = "events") -> int:
-        """Number of stored events (or, with ``table="updates"``, logged updates)."""
-        if table not in ("events", "updates"):
-            raise ValueError(f"table must be 'events' or 'updates', got {table!r}")
+    def count(self, model_id: Optional[str] = None) -> int:
+        """Number of stored events, of one model or all; no query, so cheap to call often."""
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            if model_id is None:
+                return sum(len(known) for known in self._rows.values())
+            return len(self._known(model_id))
+
+    def count_updates(self, model_id: Optional[str] = None) -> int:
+        """Number of logged updates, of one model or all."""
         where, params = self._where(model_id)
         with self._lock:
             return int(
-                self._db.execute(f"SELECT COUNT(*) FROM {table} {where}", params).fetchone()[0]
+                self._db.execute(f"SELECT COUNT(*) FROM updates {where}", params).fetchone()[0]
             )
 
     def wait_until(self, predicate: Callable[[], bool], timeout: Optional[float]) -> bool:
@@ -346,6 +374,8 @@ class EventStore:
             db.execute("DELETE FROM events")
             db.execute("DELETE FROM updates")
             db.execute("DELETE FROM requests")
+            for known in self._rows.values():
+                known.clear()
 
     def close(self) -> None:
         """Close the database and wake waiters; idempotent."""

@@ -363,7 +363,7 @@ def _int_param(
     if name not in params:
         return default
     text = params[name]
-    value = int(text) if text.isdigit() else -1
+    value = int(text) if (text.isascii() and text.isdigit()) else -1
     if value < low or (high is not None and value > high):
         accepted = f"{low}..{high}" if high is not None else f">= {low}"
         raise ValidationError(
