@@ -85,9 +85,9 @@ def update(
         model_id = check_model_id(model_id)
     if event_id_column is not None and not (isinstance(event_id_column, str) and event_id_column):
         raise ValueError(f"event_id_column is {event_id_column!r}; accepted: a column name")
+    settings = _pipeline.settings()  # first use in a process that only sends ground truth
     if not _pipeline.capturing:
         return
-    settings = _pipeline.settings()
     if settings is not RECENT.sized_for:
         RECENT.resize(settings.update_cache_size, settings.update_cache_ttl, settings)
     known = RECENT.get(event_id)

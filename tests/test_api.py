@@ -391,3 +391,27 @@ def test_a_process_configured_only_by_environment_delivers_at_exit(collector):
     stored = collector.events(MODEL)
     assert sorted(row["double"] for row in stored) == [2 * i for i in range(25)]
     assert {row["x"] for row in stored} == set(range(25))
+
+
+@pytest.mark.slow
+def test_a_ground_truth_job_configured_only_by_environment_sends_updates(collector):
+    """A later process with only FIDDLER_* set and no decorator sends its updates at exit."""
+    fiddler_trace.init(enabled=True, url=collector.url, token="t")
+    ids = [predict(i) and fiddler_trace.last_event_id() for i in range(3)]
+    assert fiddler_trace.flush(10)
+    script = textwrap.dedent(
+        f"""
+        import fiddler_trace
+
+        for event_id in {ids!r}:
+            fiddler_trace.update(event_id, {{"target": 1}}, model_id={MODEL!r})
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
+    env.update(FIDDLER_TRACE_ENABLED="1", FIDDLER_URL=collector.url, FIDDLER_TOKEN="tok")
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert [row.get("target") for row in collector.events(MODEL)] == [1, 1, 1]
