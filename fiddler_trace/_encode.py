@@ -151,11 +151,29 @@ class Encoder:
         return encoded
 
     def _slow(self, value: Any) -> bytes:
-        """After a failure (a cycle, nesting too deep, a key orjson refuses): sanitize, retry."""
+        """After a failure (a cycle, nesting too deep, a key orjson refuses): sanitize, retry;
+        then column by column, so a row stays an object and only a bad column is replaced."""
         try:
             return orjson.dumps(_sanitize(value, set()), default=self._default, option=_OPTIONS)
         except Exception:
-            return orjson.dumps(safe_repr(value))
+            pass
+        if isinstance(value, Mapping):
+            try:
+                columns = {_text_key(k): self._column(v) for k, v in list(value.items())}
+                return orjson.dumps(columns)
+            except Exception:
+                pass
+        return orjson.dumps(safe_repr(value))
+
+    def _column(self, value: Any) -> Any:
+        for attempt in (lambda: value, lambda: _sanitize(value, set())):
+            try:
+                return orjson.Fragment(
+                    orjson.dumps(attempt(), default=self._default, option=_OPTIONS)
+                )
+            except Exception:  # RecursionError too: nesting deeper than Python allows
+                continue
+        return safe_repr(value)
 
 
 def _sanitize(value: Any, seen: set[int]) -> Any:
@@ -176,7 +194,13 @@ def _sanitize(value: Any, seen: set[int]) -> Any:
 
 
 def _key(key: Any) -> Any:
+    if isinstance(key, int) and not -(2**63) <= key < 2**64:
+        return str(key)  # orjson's keys are 64-bit at most
     return key if isinstance(key, (str, int, float, bool)) or key is None else safe_repr(key)
+
+
+def _text_key(key: Any) -> str:
+    return key if isinstance(key, str) else str(_key(key))
 
 
 def _truncate(value: Any, limit: int, cut: list[int], seen: set[int]) -> Any:
@@ -196,6 +220,16 @@ def _truncate(value: Any, limit: int, cut: list[int], seen: set[int]) -> Any:
             return [_truncate(v, limit, cut, seen) for v in list(value)]
         finally:
             seen.discard(id(value))
+    if (
+        isinstance(value, (bytes, bytearray, memoryview))
+        or (dataclasses.is_dataclass(value) and not isinstance(value, type))
+        or callable(getattr(value, "model_dump", None))
+    ):
+        try:  # become text or a mapping only when encoded: convert first, then cut
+            converted = to_json_value(value)
+        except Exception:
+            return value
+        return _truncate(converted, limit, cut, seen)
     return value
 
 

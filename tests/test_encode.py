@@ -118,11 +118,47 @@ def test_cycles_are_cut():
 
 
 def test_very_deep_nesting_does_not_crash():
-    """Nesting deeper than any encoder allows still gives valid JSON."""
+    """Nesting deeper than any encoder allows still gives a row object; other columns intact."""
     deep: Any = 1
     for _ in range(5000):
         deep = [deep]
-    json.loads(Encoder()({"deep": deep}))
+    row = json.loads(Encoder()({"deep": deep, "x": 1}))
+    assert row["x"] == 1
+    assert set(row) == {"deep", "x"}
+
+
+@dataclasses.dataclass
+class Node:
+    child: Any = None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("cyclic-dataclass", id="cyclic-dataclass"),
+        pytest.param(np.datetime64("NaT"), id="numpy-nat"),
+        pytest.param({2**70: "huge key"}, id="huge-int-key"),
+    ],
+)
+def test_a_bad_column_never_turns_the_row_into_a_string(bad):
+    """Whatever one column holds, the row stays a JSON object with every column."""
+    if bad == "cyclic-dataclass":
+        bad = Node()
+        bad.child = bad
+    row = json.loads(Encoder()({"bad": bad, "good": [1, 2]}))
+    assert isinstance(row, dict)
+    assert row["good"] == [1, 2]
+    assert "bad" in row
+
+
+def test_bytes_and_converted_values_are_truncated_too():
+    """Long bytes, and strings inside dataclasses, are cut like strings."""
+    counted: list[int] = []
+    encoder = Encoder(max_value_chars=10, on_truncate=counted.append)
+    row = json.loads(encoder({"b": b"x" * 100, "d": Point(1, 2.0), "m": Node("y" * 50)}))
+    assert row["b"] == "x" * 10 + TRUNCATED
+    assert row["m"] == {"child": "y" * 10 + TRUNCATED}
+    assert counted == [2]
 
 
 def test_long_strings_are_truncated_and_counted():
@@ -180,5 +216,28 @@ anything = st.recursive(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=anything)
 def test_anything_encodes_to_valid_json(value):
-    """Whatever the value, the encoder returns valid JSON and does not raise."""
-    json.loads(Encoder(max_value_chars=50)({"v": value}))
+    """Whatever the value, the encoder returns a JSON object with the row's column."""
+    row = json.loads(Encoder(max_value_chars=50)({"v": value}))
+    assert isinstance(row, dict)
+    assert list(row) == ["v"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=anything, b=anything)
+def test_a_monitored_call_with_anything_returns_its_result_and_encodes(a, b):
+    """Any arguments and any result: the call returns its result, one event, valid JSON."""
+    import fiddler_trace
+    from fiddler_trace import testing
+
+    result = {"echo": b}
+
+    @fiddler_trace.monitor(model_id="6f1c0f0e-1111-4222-8333-444455556666")
+    def predict(x, y):
+        return result
+
+    with testing.capture() as events:
+        assert predict(a, b) is result
+    (row,) = events
+    encoded = json.loads(Encoder()(row))
+    assert isinstance(encoded, dict)
+    assert {"x", "y", "echo", "event_id", "timestamp"} <= set(encoded)
