@@ -305,7 +305,8 @@ class BatchBuffer:
         """Remove and return every unresolved batch and queued item (as batches): for the exit."""
         self.drain(float("-inf"))
         self.seal_due(0.0, force=True)
-        batches = list(self.open)
+        # In capture order, so that on disk every update stays behind its publish.
+        batches = sorted(self.open, key=lambda b: b.seqs[0] if b.seqs else -1)
         self.open.clear()
         self.ready.clear()
         self.held.clear()

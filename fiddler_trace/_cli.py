@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
+from fiddler_trace._spool_cli import add_spool
 from fiddler_trace._version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_collector(subparsers)
+    add_spool(subparsers)
     return parser
 
 

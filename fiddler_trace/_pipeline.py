@@ -119,6 +119,10 @@ class Pipeline:
             self._start()
         return self.buffer.offer(item)
 
+    def start(self) -> None:
+        """Start the worker now rather than on the first event (e.g. to replay a spool)."""
+        self._start()
+
     def _start(self) -> None:
         with self._start_lock:
             if self.running or self._closed:
@@ -175,7 +179,9 @@ class Pipeline:
         self.wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            left = None if timeout is None else max(0.0, timeout - (monotonic() - start))
+            # A moment past the bound at least, so a worker that is not stuck ends its turn
+            # (and spools what is left) itself rather than racing this thread.
+            left = None if timeout is None else max(0.1, timeout - (monotonic() - start))
             thread.join(left)
         stuck = thread is not None and thread.is_alive()
         if stuck:
@@ -185,10 +191,10 @@ class Pipeline:
         if self.spooler is not None:
             try:
                 # With the worker stuck in a request, its batch is kept too: at-least-once.
-                kept = self.worker.keep_all()
+                self.worker.keep_all()
             except Exception as error:  # the stuck worker woke and changed the buffer
-                kept = 0
                 self.stats.last_error = f"spool at exit: {error!r}"
+            kept = self.worker.kept_at_exit
             if kept:
                 logger.warning(
                     "fiddler_trace: %d events kept in the spool %s for the next run",

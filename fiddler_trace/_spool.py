@@ -303,6 +303,29 @@ class Spool:
                 os.close(fd)
         return evicted
 
+    def pending_events(self, path: Path) -> int:
+        """Events in a segment not yet acknowledged."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        return sum(len(r.ids) for r in read_records(raw, self._acked(path), path))
+
+    def purge(self) -> int:
+        """Delete every segment no process holds; returns how many."""
+        removed = 0
+        for path in self.segments():
+            if path == self._own:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if _lock(fd):
+                    _remove(path)
+                    removed += 1
+            finally:
+                os.close(fd)
+        return removed
+
     def listing(self) -> list[SpoolSegment]:
         """Each segment with its size, acknowledged bytes and whether a process holds it."""
         out = []

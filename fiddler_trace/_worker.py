@@ -82,6 +82,9 @@ class BatchWorker:
         self._force = False
         self._warned: dict[str, float] = {}
         self._dropped_seen = 0
+        self._keep_lock = threading.Lock()
+        self._kept_all = False
+        self.kept_at_exit = 0
 
     # -- flush -----------------------------------------------------------------------------
 
@@ -173,6 +176,11 @@ class BatchWorker:
                 self.wake.wait(idle_wait if delay is None else min(delay, idle_wait))
                 self.wake.clear()
         finally:
+            if self.spooler is not None:
+                try:
+                    self.keep_all()
+                except Exception as error:
+                    self.stats.last_error = f"spool at exit: {error!r}"
             self.abandon_waiters()
 
     def abandon_waiters(self) -> None:
@@ -283,6 +291,7 @@ class BatchWorker:
                 self.stats.failed += len(batch)
             assert self.spooler is not None
             self.spooler.resolved(batch, delivered=False, transient=transient)
+            self._failed([-1])  # a flush waiting for the replay cannot say "delivered"
         elif transient and self.spooler is not None and self._keep(batch):
             why += f"; kept in the spool {self.spooler.spool.directory}"
         else:
@@ -332,16 +341,20 @@ class BatchWorker:
                 return
 
     def keep_all(self) -> int:
-        """At exit, after the bound: every event still held goes to the spool. Returns how many
-        were kept."""
-        if self.spooler is None:
-            return 0
-        kept = 0
-        for batch in self.buffer.take_all():
-            if batch.origin is None and self.spooler.keep(batch):
-                kept += len(batch)
-        self.spooler.spool.close()
-        return kept
+        """At shutdown, after the bound: every event still held goes to the spool, once (the
+        worker does it as its loop ends; shutdown, if the worker is stuck in a request).
+        Returns how many events were kept by this call."""
+        with self._keep_lock:
+            if self.spooler is None or self._kept_all:
+                return 0
+            self._kept_all = True
+            kept = 0
+            for batch in self.buffer.take_all():
+                if batch.origin is None and self.spooler.keep(batch):
+                    kept += len(batch)
+            self.spooler.spool.close()
+            self.kept_at_exit = kept
+            return kept
 
     def _release_updates(self) -> None:
         for lost in self.buffer.release_updates():
