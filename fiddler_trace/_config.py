@@ -8,6 +8,7 @@ monitored call. ``SETTINGS`` is the single table the docs' configuration referen
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 from fiddler_trace._errors import ConfigurationError
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
+
+logger = logging.getLogger("fiddler_trace")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -101,17 +104,21 @@ def _url(where: str, value: Any) -> Optional[str]:
 
 
 def _verify(where: str, value: Any) -> Union[bool, str]:
-    if isinstance(value, bool):
-        return value
-    text = _optional_text(where, value)
-    if text is None:
+    if value is False:
+        # Only as an explicit argument in code: a stray environment value must not switch TLS
+        # verification off for a whole deployment.
+        logger.warning("fiddler_trace: TLS verification is off (verify=False)")
+        return False
+    if value is True:
         return True
-    if text.lower() in _TRUE | _FALSE:
-        return text.lower() in _TRUE
+    text = _optional_text(where, value)
+    if text is None or text.lower() in _TRUE:
+        return True
     if not os.path.isfile(text):
         raise ConfigurationError(
-            f"{where} is {text!r}, which is not a file; accepted: the path of a PEM CA bundle, "
-            "or true/false"
+            f"{where} is {text!r}, which is not a file; accepted: the path of a PEM CA bundle "
+            "(verification cannot be switched off from the environment; pass verify=False to "
+            "init() if you must)"
         )
     return text
 

@@ -139,3 +139,16 @@ def test_every_setting_is_documented():
         assert setting.doc
         assert setting.env or setting.name == "redact"
     assert len({s.env for s in SETTINGS if s.env}) == len(SETTINGS) - 1
+
+
+@pytest.mark.parametrize("text", ["false", "0", "off"])
+def test_tls_verification_cannot_be_switched_off_from_the_environment(text):
+    """FIDDLER_CA_BUNDLE=false is refused: only verify=False in code turns TLS checks off."""
+    with pytest.raises(ConfigurationError, match="FIDDLER_CA_BUNDLE"):
+        load_settings(environ={**BASE, "FIDDLER_CA_BUNDLE": text})
+
+
+def test_verify_false_in_code_is_allowed_and_warned(caplog):
+    """verify=False as an argument works, with a warning."""
+    assert load_settings(environ=BASE, verify=False).verify is False
+    assert "TLS verification is off" in caplog.text

@@ -234,16 +234,52 @@ def test_update_of_an_event_that_failed_is_dropped_and_counted(make_pipeline):
         assert (stats["sent"], stats["updated"], stats["failed"]) == (1, 1, 2)
 
 
-def test_updates_of_other_models_do_not_wait(server, make_pipeline):
-    """A failing model's publishes do not hold back another model's updates."""
-    server.push(Hang())
-    pipeline = make_pipeline(server, timeout=5.0)
+def test_update_of_an_id_not_captured_here_waits_for_earlier_posts(server, make_pipeline):
+    """An update for an id this process did not capture goes after every earlier POST."""
+    server.push(Respond(503), Respond(503))
+    pipeline = make_pipeline(server)
     pipeline.enqueue(event(1))
-    assert server.wait_for(lambda: len(server.received) == 1)
-    pipeline.enqueue(Update(OTHER_MODEL, "00000000-0000-4000-8000-00000000aaaa", {"t": 1}))
-    server.release()
+    pipeline.enqueue(Update(MODEL, "00000000-0000-4000-8000-00000000aaaa", {"t": 1}))
     assert pipeline.flush(10)
-    assert server.events("PATCH")
+    assert [(r.method, r.answered) for r in server.received] == [
+        ("POST", 503),
+        ("POST", 503),
+        ("POST", 200),
+        ("PATCH", 200),
+    ]
+
+
+def test_each_distinct_400_message_is_logged_once(make_pipeline, caplog):
+    """Rejections are logged once per distinct server message, not once per event."""
+
+    def reject(row: dict[str, Any]) -> str | None:
+        return f"bad value {row['x'] % 2}" if row["x"] < 6 else None
+
+    with FaultServer(reject=reject) as server:
+        pipeline = make_pipeline(server, batch_size=1)
+        for i in range(8):
+            pipeline.enqueue(event(i))
+        with caplog.at_level(logging.WARNING, logger="fiddler_trace"):
+            assert not pipeline.flush(10)
+        assert pipeline.snapshot()["failed"] == 6
+        assert caplog.text.count("bad value 0") == 1
+        assert caplog.text.count("bad value 1") == 1
+
+
+def test_an_event_too_large_for_a_request_is_named(server, make_pipeline, caplog):
+    """An event over max_batch_bytes is dropped with a warning naming its largest columns."""
+    pipeline = make_pipeline(server, max_batch_bytes=2048)
+    with caplog.at_level(logging.WARNING, logger="fiddler_trace"):
+        pipeline.enqueue(
+            Event(
+                MODEL, "00000000-0000-4000-8000-000000000001", 0.0, {"small": 1, "blob": "x" * 5000}
+            )
+        )
+        assert not pipeline.flush(10)
+    assert pipeline.snapshot()["failed"] == 1
+    assert MODEL in caplog.text
+    assert "largest columns: blob" in caplog.text
+    assert server.received == []
 
 
 def test_flush_times_out_while_server_hangs_then_succeeds(server, make_pipeline):
