@@ -334,8 +334,8 @@ def _validated(settings: Settings) -> Settings:
             and not _is_loopback(parts.hostname or "")
         ):
             raise ConfigurationError(
-                f"FIDDLER_URL is {settings.url!r}: plain http:// would send the token in clear "
-                "text; accepted: an https:// URL, http:// to a loopback host, or set "
+                f"url (FIDDLER_URL) is {settings.url!r}: plain http:// would send the token in "
+                "clear text; accepted: an https:// URL, http:// to a loopback host, or set "
                 "FIDDLER_TRACE_ALLOW_INSECURE_HTTP=true (allow_insecure_http=True)"
             )
     if settings.enabled:

@@ -90,7 +90,8 @@ class Pipeline:
             spooler=self.spooler,
         )
         self.running = False
-        self._dropped_at_flush = 0
+        # The counters outlive a pipeline (init() replaces it): start from what they say now.
+        self._dropped_at_flush = read_count(self.stats.dropped)
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -314,6 +315,8 @@ def submit(item: Item) -> bool:
             if _exiting:
                 next(STATS.dropped)  # captured after the exit flush: lost, and said so
             return False
+    if pipeline.running:  # Pipeline.enqueue without its frame: this is every captured call
+        return pipeline.buffer.offer(item)
     try:
         return pipeline.enqueue(item)
     except RuntimeError:  # "can't start new thread"

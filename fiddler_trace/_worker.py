@@ -81,7 +81,7 @@ class BatchWorker:
         self._waiters: list[FlushWaiter] = []
         self._force = False
         self._warned: dict[str, float] = {}
-        self._dropped_seen = 0
+        self._dropped_seen = read_count(stats.dropped)  # counters outlive a pipeline
         self._keep_lock = threading.Lock()
         self._kept_all = False
         self.kept_at_exit = 0
@@ -300,7 +300,7 @@ class BatchWorker:
             self._failed(batch.seqs)
         self._warn(
             key,
-            f"fiddler_trace: {len(batch)} events for model {batch.model_id} not delivered: {why}",
+            f"fiddler_trace: {_count(batch)} for model {batch.model_id} not delivered: {why}",
         )
 
     def _resolve(self, batch: Batch, delivered: bool) -> None:
@@ -368,6 +368,7 @@ class BatchWorker:
 
     def _refuse(self, item: Item, seq: int, reason: str) -> None:
         self.stats.failed += 1
+        self.stats.last_error = f"an event was dropped: {reason}"
         self._failed([seq])
         if isinstance(item, Event):
             self.buffer.forget(item.model_id, item.event_id)
@@ -397,6 +398,11 @@ class BatchWorker:
         if log:
             logger.warning(message)
         return True
+
+
+def _count(batch: Batch) -> str:
+    noun = "event" if batch.method == POST else "update"
+    return f"{len(batch)} {noun}{'' if len(batch) == 1 else 's'}"
 
 
 def _describe(error: BaseException) -> str:

@@ -11,7 +11,15 @@ In a test::
         assert events.models == ["6f1c0f0e-1111-4222-8333-444455556666"]
 
 With pytest the ``fiddler_events`` fixture does the same for the whole test (it is registered
-when fiddler-trace is installed), and :func:`reset` between tests keeps them independent.
+when fiddler-trace is installed, and resets the library's state before and after the test)::
+
+    def test_feedback_is_sent(fiddler_events):
+        predict(41, 72000.0, "EU")
+        fiddler_trace.update(fiddler_trace.last_event_id(), {"defaulted": False})
+        assert fiddler_events.updates[0]["defaulted"] is False
+
+Tests that call ``fiddler_trace.init()`` or change ``FIDDLER_*`` variables should call
+:func:`reset` before and after (an autouse fixture), so that no state leaks between them.
 """
 
 from __future__ import annotations
@@ -47,12 +55,15 @@ class CapturedEvents(list):  # type: ignore[type-arg]
         self._lock = threading.Lock()
 
     def for_model(self, model_id: str) -> list[dict[str, Any]]:
-        """The events of one model."""
+        """The events of one model, in capture order (a new list)."""
         with self._lock:
             return [row for row, model in zip(self, self.models) if model == model_id]
 
     def keep(self, item: Union[Event, Update]) -> bool:
-        """The sink: store ``item``'s row. Thread-safe."""
+        """Store the row of an event or an update: the sink :func:`capture` installs.
+
+        Called by the library, not by tests. Thread-safe; always returns True (kept).
+        """
         if isinstance(item, Event):
             row = publish_row(item)
             with self._lock:
@@ -83,9 +94,13 @@ def capture() -> Iterator[CapturedEvents]:
 
 
 def reset() -> None:
-    """Forget all library state: settings (re-read from the environment on next use), the
-    pipeline (stopped without waiting), counters, test sinks, remembered ids, this context's
-    current/last ids and rate-limited warnings. For test isolation; not for production code."""
+    """Forget all library state, so that one test cannot affect the next.
+
+    Resets the settings (re-read from the environment on next use), the pipeline (stopped
+    without waiting for delivery), the counters of ``stats()``, installed test sinks, the ids
+    ``update()`` remembers, this context's current and last event ids, and the rate limit of
+    warnings. For tests only, never for production code.
+    """
     _pipeline.reset()
     _ids.reset()
     _capture.forget_reports()
