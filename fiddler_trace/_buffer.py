@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional, Union
 
 from cachetools import LRUCache
 
-from fiddler_trace._event import Event, Update, publish_row, update_row
+from fiddler_trace._event import Event, Update, format_timestamp, update_row
+from fiddler_trace._ids import format_event_id, id_text
 
 __all__ = ["PATCH", "POST", "Batch", "BatchBuffer", "Item"]
 
@@ -164,7 +165,7 @@ class BatchBuffer:
             if type(item) is Event and len(self.dropped_ids) < self.max_events:
                 # So that a later update of this event is dropped too, not sent for an event
                 # the server never got. A dict set is atomic; the worker moves these on.
-                self.dropped_ids[(item.model_id, item.event_id)] = True
+                self.dropped_ids[(item.model_id, id_text(item.event_id))] = True
             return False
         queue.append(item)
         next(self.accepted)
@@ -182,36 +183,58 @@ class BatchBuffer:
 
     def drain(self, now: float) -> list[tuple[Item, int, str]]:
         """Move queued items into batches. Returns (item, seq, reason) for items refused."""
+        # This runs once per event, with the GIL the callers need: what it reads is a local,
+        # the batch of the previous event is reused while the key stays the same, and
+        # publish_row is inlined with one timestamp string per millisecond (a burst of events
+        # shares most of them).
         refused: list[tuple[Item, int, str]] = []
-        queue, pending, encode = self.queue, self.pending, self._encode
+        pending, encode, popleft = self.pending, self._encode, self.queue.popleft
         max_bytes, batch_size = self.max_batch_bytes, self.batch_size
-        while queue:
-            try:
-                item = queue.popleft()
-            except IndexError:
-                break
-            seq = self.drained
-            self.drained += 1
-            if type(item) is Event:
-                method, row = POST, publish_row(item)
-            else:
-                method, row = PATCH, update_row(item)  # type: ignore[arg-type]
-            encoded = encode(row)
-            if len(encoded) >= max_bytes:
-                refused.append((item, seq, self._too_large(row, len(encoded))))
-                continue
-            key = (method, item.model_id)
-            batch = pending.get(key)
-            if batch is not None and len(batch.data) + len(encoded) >= max_bytes:
-                self._seal(key)
-                batch = None
-            if batch is None:
-                batch = pending[key] = Batch(method, item.model_id, now)
-                self.open.add(batch)
-            batch.add(item.event_id, encoded, seq)
-            self.outstanding += 1
-            if len(batch.ids) >= batch_size:
-                self._seal(key)
+        seq = self.drained  # the next item's sequence number
+        key: Optional[tuple[str, str]] = None
+        batch: Optional[Batch] = None
+        millis, stamp = -1, ""
+        try:
+            while True:
+                try:
+                    item = popleft()
+                except IndexError:
+                    break
+                seq += 1
+                if type(item) is Event:
+                    method, row = POST, item.columns
+                    event_id = item.event_id
+                    if type(event_id) is int:
+                        event_id = format_event_id(event_id)
+                    row[item.id_column] = event_id
+                    if int(item.timestamp * 1000.0) != millis:
+                        millis = int(item.timestamp * 1000.0)
+                        stamp = format_timestamp(item.timestamp)
+                    row[item.ts_column] = stamp
+                else:
+                    method, row = PATCH, update_row(item)  # type: ignore[arg-type]
+                    event_id = item.event_id
+                encoded = encode(row)
+                if len(encoded) >= max_bytes:
+                    item.event_id = event_id  # the string, for whoever handles the refusal
+                    refused.append((item, seq - 1, self._too_large(row, len(encoded))))
+                    continue
+                if key is None or key[1] != item.model_id or key[0] != method:
+                    key = (method, item.model_id)
+                    batch = pending.get(key)
+                if batch is not None and len(batch.data) + len(encoded) >= max_bytes:
+                    self._seal(key)
+                    batch = None
+                if batch is None:
+                    batch = pending[key] = Batch(method, item.model_id, now)
+                    self.open.add(batch)
+                batch.add(event_id, encoded, seq - 1)  # type: ignore[arg-type]
+                self.outstanding += 1  # at once: producers read it to bound the memory held
+                if len(batch.ids) >= batch_size:
+                    self._seal(key)
+                    batch = None
+        finally:
+            self.drained = seq
         return refused
 
     def _too_large(self, row: dict[str, Any], size: int) -> str:

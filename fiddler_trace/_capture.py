@@ -22,6 +22,7 @@ from fiddler_trace._clock import monotonic
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._event import Event
+from fiddler_trace._ids import EventId, id_text
 
 __all__ = [
     "Redact",
@@ -51,6 +52,7 @@ else:  # pragma: no cover - Windows
 
     _MONOTONIC = 0
 
+_otel_context = _otel.get_context
 _REPORT_EVERY = 60.0  # seconds between two warnings of one kind
 _reported: dict[str, float] = {}
 
@@ -171,12 +173,22 @@ def apply_redact(columns: dict[str, Any], redact: Redact) -> dict[str, Any]:
     raise TypeError(f"redact returned {type(result).__name__}; accepted: a mapping of columns")
 
 
-def remember(event_id: str, model_id: Optional[str], id_column: str, settings: Settings) -> None:
-    """Let ``update()`` find ``event_id`` without a ``model_id``; None marks a sampled-out call."""
+def remember(
+    event_id: EventId,
+    model_id: Optional[str],
+    id_column: str,
+    settings: Settings,
+    owner: Optional[int] = None,
+) -> None:
+    """Let ``update()`` find ``event_id`` without a ``model_id``; None marks a sampled-out call.
+
+    ``owner``: ``RECENT.owner(model_id, id_column)`` if the caller keeps it (saves a lookup).
+    """
     recent = _ids.RECENT
-    generation = recent.current
-    generation[event_id] = (model_id, id_column, _gettime(_MONOTONIC))
-    if len(generation) >= recent.generation_size or settings is not recent.sized_for:
+    times, owners = recent.current
+    times[event_id] = _gettime(_MONOTONIC)
+    owners[event_id] = recent.owner(model_id, id_column) if owner is None else owner
+    if len(times) >= recent.generation_size or settings is not recent.sized_for:
         _rotate(settings)
 
 
@@ -184,37 +196,40 @@ def _rotate(settings: Settings) -> None:
     recent = _ids.RECENT
     if settings is not recent.sized_for:
         recent.resize(settings.update_cache_size, settings.update_cache_ttl, settings)
-    if len(recent.current) >= recent.generation_size:
+    if len(recent.current[0]) >= recent.generation_size:
         recent.rotate()
 
 
 def deliver(
     model_id: str,
-    event_id: str,
+    event_id: EventId,
     timestamp: float,
     columns: dict[str, Any],
     id_column: str,
     ts_column: str,
     redact: Redact,
     settings: Settings,
+    owner: int,
 ) -> None:
     """Add the trace columns, redact, remember the id and submit the event.
 
+    ``owner`` is ``RECENT.owner(model_id, id_column)``, looked up once by the caller.
     May raise (a redactor, an OpenTelemetry SDK): the caller reports it.
     """
     # The empty-context check of add_trace_columns, inlined: most calls have no span.
-    span = _otel.add_trace_columns(columns) if _otel.get_context() else None
+    span = _otel.add_trace_columns(columns) if _otel_context() else None
     if redact is not None:
         columns = apply_redact(columns, redact)
     if settings.redact is not None:
         columns = apply_redact(columns, settings.redact)
     # remember(), inlined: this runs on every captured call.
     recent = _ids.RECENT
-    generation = recent.current
-    generation[event_id] = (model_id, id_column, _gettime(_MONOTONIC))
-    if len(generation) >= recent.generation_size or settings is not recent.sized_for:
+    times, owners = recent.current
+    times[event_id] = _gettime(_MONOTONIC)
+    owners[event_id] = owner
+    if len(times) >= recent.generation_size or settings is not recent.sized_for:
         _rotate(settings)
     _pipeline.submit(Event(model_id, event_id, timestamp, columns, id_column, ts_column))
     next(_pipeline.STATS.captured)
     if span is not None:
-        _otel.tag(span, event_id)
+        _otel.tag(span, id_text(event_id))

@@ -1,14 +1,17 @@
 """What capture hands the pipeline: raw values taken on the hot path, rows built on the worker.
 
-The caller's thread only takes a reference to the columns, an id and ``time.time()``; building the
-row (id and timestamp columns, the ISO timestamp) and encoding it happen in :func:`publish_row` and
-:func:`update_row`, on the worker or in the testing sink.
+The caller's thread only takes a reference to the columns, an id (an int for the ids this library
+draws: see :mod:`fiddler_trace._ids`) and ``time.time()``; building the row (the id's string, the
+ISO timestamp) and encoding it happen in :func:`publish_row` and :func:`update_row`, on the worker
+or in the testing sink.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+
+from fiddler_trace._ids import EventId, format_event_id, id_text
 
 __all__ = ["Event", "Update", "format_timestamp", "publish_row", "update_row"]
 
@@ -21,21 +24,21 @@ class Event:
     def __init__(
         self,
         model_id: str,
-        event_id: str,
+        event_id: EventId,
         timestamp: float,
         columns: dict[str, Any],
         id_column: str = "event_id",
         ts_column: str = "timestamp",
     ) -> None:
         self.model_id = model_id
-        self.event_id = event_id
+        self.event_id = event_id  # the int of a drawn UUID4 is formatted when the row is built
         self.timestamp = timestamp  # seconds since the epoch, as time.time() gives
         self.columns = columns  # owned by the event: the worker completes it into the row
         self.id_column = id_column
         self.ts_column = ts_column
 
     def __repr__(self) -> str:
-        return f"Event(model_id={self.model_id!r}, event_id={self.event_id!r})"
+        return f"Event(model_id={self.model_id!r}, event_id={id_text(self.event_id)!r})"
 
 
 class Update:
@@ -84,7 +87,8 @@ def publish_row(event: Event) -> dict[str, Any]:
     would be the worker's largest cost after encoding.
     """
     row = event.columns
-    row[event.id_column] = event.event_id
+    event_id = event.event_id
+    row[event.id_column] = format_event_id(event_id) if type(event_id) is int else event_id
     row[event.ts_column] = format_timestamp(event.timestamp)
     return row
 

@@ -29,7 +29,7 @@ from fiddler_trace._capture import (
     remember,
     report,
 )
-from fiddler_trace._ids import draw, new_event_id
+from fiddler_trace._ids import RECENT, EventId, draw, new_event_bits
 from fiddler_trace._worker import THREAD_NAME
 
 __all__ = ["MODEL_ID_FIELD", "FiddlerHandler"]
@@ -94,6 +94,7 @@ class FiddlerHandler(logging.Handler):
         self.redact = check_redact("FiddlerHandler(redact=...)", redact)
         self.sample_rate = check_sample_rate("FiddlerHandler(sample_rate=...)", sample_rate)
         self._model_ids: dict[Any, str] = {}
+        self._owners: dict[str, int] = {}  # model id -> RECENT.owner(model id, id column)
         _pipeline.settings()  # a bad FIDDLER_* variable fails here, at configuration time
 
     def __repr__(self) -> str:
@@ -102,7 +103,7 @@ class FiddlerHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter and emit without the handler lock: :meth:`emit` is thread-safe on its own."""
-        accepted = self.filter(record)
+        accepted = self.filter(record) if self.filters else True  # usually none: skip the call
         if accepted:
             if isinstance(accepted, logging.LogRecord):  # 3.12+: a filter may swap the record
                 record = accepted
@@ -133,7 +134,8 @@ class FiddlerHandler(logging.Handler):
             guard.active = False
 
     def _capture(self, record: logging.LogRecord, fields: Any) -> None:
-        if not isinstance(fields, Mapping):
+        # The ABC check costs more than the rest of this method: skip it for a dict.
+        if type(fields) is not dict and not isinstance(fields, Mapping):
             raise TypeError(
                 f"its {self.event_field!r} attribute is a {type(fields).__name__}; accepted: a "
                 "mapping of columns"
@@ -142,7 +144,8 @@ class FiddlerHandler(logging.Handler):
         settings = _pipeline.settings()
         columns = dict(fields)
         given = columns.get(self.event_id_column)
-        event_id = new_event_id() if given is None else str(given)
+        # A drawn id stays an int until the row is built (see _ids).
+        event_id: EventId = new_event_bits() if given is None else str(given)
         rate = settings.sample_rate if self.sample_rate is None else self.sample_rate
         if rate < 1.0 and draw() >= rate:
             remember(event_id, None, self.event_id_column, settings)
@@ -157,7 +160,16 @@ class FiddlerHandler(logging.Handler):
             self.timestamp_column,
             self.redact,
             settings,
+            self._owner(model_id),
         )
+
+    def _owner(self, model_id: str) -> int:
+        owner = self._owners.get(model_id)
+        if owner is None:  # once per model: RECENT.owner builds a tuple key
+            if len(self._owners) >= _MAX_MODEL_IDS:
+                self._owners.clear()
+            owner = self._owners[model_id] = RECENT.owner(model_id, self.event_id_column)
+        return owner
 
     def _record_model(self, record: logging.LogRecord) -> str:
         given = record.__dict__.get(MODEL_ID_FIELD)

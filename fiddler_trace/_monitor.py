@@ -32,14 +32,24 @@ from fiddler_trace._capture import (
 )
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
-from fiddler_trace._ids import CURRENT, LAST, draw, new_event_id
+from fiddler_trace._ids import (
+    CURRENT,
+    KEEP_BITS,
+    LAST,
+    RECENT,
+    V4_BITS,
+    EventId,
+    draw,
+    getrandbits,
+    new_event_id,
+)
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
 
 __all__ = ["Capture", "capturing", "monitor"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
-State = tuple[str, float, Optional[dict], Settings]  # event id, start, columns, settings
+State = tuple[EventId, float, Optional[dict], Settings]  # event id, start, columns, settings
 
 
 def monitor(
@@ -252,7 +262,9 @@ class _Steps:
         "model_id",
         "name",
         "own_rate",
+        "owner",
         "redact",
+        "sampled_owner",
         "ts_column",
     )
 
@@ -271,12 +283,18 @@ class _Steps:
             capture.metadata_fn is not None or capture.metadata is not None
         )
         self.add_metadata = add_metadata = capture.add_metadata
+        self.owner = owner = RECENT.owner(model_id, id_column)
+        self.sampled_owner = sampled_owner = RECENT.owner(None, id_column)
 
         def begin(instance: Any, args: tuple, kwargs: dict) -> Optional[State]:
             try:
                 settings = _pipeline.settings()
                 start = time.time()  # looked up per call: freezegun replaces it
-                event_id = new_event_id() if id_from is None else id_from(args, kwargs)
+                event_id: EventId = (
+                    getrandbits(128) & KEEP_BITS | V4_BITS
+                    if id_from is None
+                    else id_from(args, kwargs)
+                )
                 rate = settings.sample_rate if own_rate is None else own_rate
                 if rate < 1.0 and draw() >= rate:
                     return event_id, start, None, settings
@@ -289,13 +307,23 @@ class _Steps:
             event_id, start, columns, settings = state
             try:
                 if columns is None:
-                    remember(event_id, None, id_column, settings)
+                    remember(event_id, None, id_column, settings, sampled_owner)
                     next(_pipeline.STATS.sampled_out)
                     return
                 add_outputs(columns, result)
                 if has_metadata:
                     add_metadata(columns)
-                deliver(model_id, event_id, start, columns, id_column, ts_column, redact, settings)
+                deliver(
+                    model_id,
+                    event_id,
+                    start,
+                    columns,
+                    id_column,
+                    ts_column,
+                    redact,
+                    settings,
+                    owner,
+                )
             except Exception as error:
                 report(kind, f"could not capture a call of {name}: {describe(error)}")
 
@@ -310,15 +338,20 @@ def _sync_wrapper(steps: _Steps) -> Wrapper:
     id_from, own_rate = steps.id_from, steps.own_rate
     model_id, id_column, ts_column = steps.model_id, steps.id_column, steps.ts_column
     redact, has_metadata, add_metadata = steps.redact, steps.has_metadata, steps.add_metadata
+    owner, sampled_owner = steps.owner, steps.sampled_owner
     set_current, reset_current, set_last = CURRENT.set, CURRENT.reset, LAST.set
     settings_now = _pipeline.settings
+    draw_bits, keep_bits, v4_bits = getrandbits, KEEP_BITS, V4_BITS
 
     def call_sync(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         # Only called while capturing() is true (wrapt checks it first).
         try:
             settings = settings_now()
             start = time.time()  # looked up per call: freezegun replaces it
-            event_id: Optional[str] = new_event_id() if id_from is None else id_from(args, kwargs)
+            # The id as a UUID4's int (see _ids): formatting it would cost 4x drawing it.
+            event_id: Optional[EventId] = (
+                draw_bits(128) & keep_bits | v4_bits if id_from is None else id_from(args, kwargs)
+            )
             rate = settings.sample_rate if own_rate is None else own_rate
             if rate < 1.0 and draw() >= rate:
                 columns = None
@@ -341,13 +374,23 @@ def _sync_wrapper(steps: _Steps) -> Wrapper:
         set_last(event_id)
         try:
             if columns is None:
-                remember(event_id, None, id_column, settings)
+                remember(event_id, None, id_column, settings, sampled_owner)
                 next(_pipeline.STATS.sampled_out)
             else:
                 add_outputs(columns, result)
                 if has_metadata:
                     add_metadata(columns)
-                deliver(model_id, event_id, start, columns, id_column, ts_column, redact, settings)
+                deliver(
+                    model_id,
+                    event_id,
+                    start,
+                    columns,
+                    id_column,
+                    ts_column,
+                    redact,
+                    settings,
+                    owner,
+                )
         except Exception as error:
             report(kind, f"could not capture a call of {name}: {describe(error)}")
         return result

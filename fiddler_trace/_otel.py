@@ -8,8 +8,9 @@ needs no SDK; without one every span is invalid and this costs one context looku
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -27,8 +28,20 @@ EVENT_ID_ATTRIBUTE = "fiddler.event_id"
 TRACE_ID_COLUMN = "trace_id"
 SPAN_ID_COLUMN = "span_id"
 
+
+def _context_getter() -> Callable[[], Any]:
+    # get_current() is two Python calls around a context variable's get(); every captured
+    # call asks, so take the variable's own get (one C call) when the runtime context is the
+    # default contextvars one. Any other runtime context keeps the public function.
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if isinstance(variable, contextvars.ContextVar):
+        return variable.get
+    return otel_context.get_current  # pragma: no cover - a configured runtime context
+
+
 #: The current OpenTelemetry context; empty (falsy) when nothing, hence no span, is set.
-get_context = otel_context.get_current
+get_context = _context_getter()
 _get_span = trace.get_current_span
 
 

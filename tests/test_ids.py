@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import threading
@@ -43,6 +44,17 @@ def test_ids_are_uuid4_strings_and_unique():
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
+
+
+def test_remembered_ids_give_the_garbage_collector_nothing_to_walk():
+    """update()'s registry holds only floats and ints: its dicts are never tracked by gc."""
+    with testing.capture():
+        for i in range(100):
+            plain(i)
+    times, owners = _ids.RECENT.current
+    assert len(times) == len(owners) == 100
+    assert not gc.is_tracked(times)
+    assert not gc.is_tracked(owners)
 
 
 def test_current_event_id_inside_the_call_is_the_events_id():

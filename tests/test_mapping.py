@@ -55,6 +55,34 @@ def test_keyword_arguments_and_defaults_become_columns():
     assert capture_one(predict, age=1, income=2.0)["income"] == 2.0
 
 
+def test_every_argument_by_position_gives_the_same_columns_as_by_keyword():
+    """The compiled all-positional path agrees with the general one, for functions and methods."""
+
+    @monitor(MODEL)
+    def predict(age, income=1.0, region="EU"):
+        return {"score": 0.5}
+
+    class Model:
+        @monitor(MODEL)
+        def predict(self, age, income=1.0):
+            return 0.5
+
+        @classmethod
+        @monitor(MODEL)
+        def build(cls, age, income=1.0):
+            return 0.5
+
+    expected = {"age": 41, "income": 2.0, "region": "EU", "score": 0.5}
+    assert capture_one(predict, 41, 2.0, "EU") == expected
+    assert capture_one(predict, age=41, income=2.0) == expected
+    assert capture_one(predict, 41) == {**expected, "income": 1.0}
+    method = {"age": 41, "income": 2.0, "prediction": 0.5}
+    assert capture_one(Model().predict, 41, 2.0) == method
+    assert capture_one(Model.predict, Model(), 41, 2.0) == method
+    assert capture_one(Model.build, 41, 2.0) == method
+    assert capture_one(Model().predict, 41) == {**method, "income": 1.0}
+
+
 def test_var_positional_and_var_keyword_arguments():
     """Extra positional arguments form one column; **kwargs keywords become their own."""
 
