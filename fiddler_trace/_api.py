@@ -7,11 +7,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from fiddler_trace import _pipeline
-from fiddler_trace._capture import apply_redact, describe, report
+from fiddler_trace._capture import DEFERRED, apply_redact, describe, report
 from fiddler_trace._client import EventsClient, TimeBound, delete_bodies
+from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._event import Update
-from fiddler_trace._ids import RECENT, current_event_id, last_event_id, last_event_ids
+from fiddler_trace._ids import (
+    CURRENT,
+    RECENT,
+    current_event_id,
+    id_text,
+    last_event_id,
+    last_event_ids,
+)
 from fiddler_trace._wire import MAX_DELETE_IDS, Job, check_model_id
 
 __all__ = [
@@ -30,10 +38,11 @@ __all__ = [
 def init(**settings: Any) -> None:
     """Configure the library; anything not given comes from the ``FIDDLER_*`` environment.
 
-    Takes the settings of API.md by name (``enabled``, ``url``, ``token``, ``sample_rate``,
-    ...). Calling it again replaces the configuration: the running pipeline is flushed (within
-    ``exit_timeout``) and a new one starts with the next event. ``init(enabled=True)`` turns
-    capture on at run time, ``init(enabled=False)`` off.
+    Takes the settings of the configuration reference by name (``enabled``, ``url``, ``token``,
+    ``sample_rate``, ...; each also a ``FIDDLER_*`` variable). Calling it again replaces the
+    configuration: the running pipeline is flushed (within ``exit_timeout``) and a new one starts
+    with the next event. ``init(enabled=True)`` turns capture on at run time,
+    ``init(enabled=False)`` off.
 
     Raises:
         ConfigurationError: a value is invalid or unusable (e.g. enabled without url or token);
@@ -88,6 +97,14 @@ def update(
     settings = _pipeline.settings()  # first use in a process that only sends ground truth
     if not _pipeline.capturing:
         return
+    running = CURRENT.get()
+    if running is not None and id_text(running) == event_id:
+        # Inside the monitored call of this very event: its event is submitted when the call
+        # returns, and this update must not overtake it.
+        changes = _redacted(dict(columns), settings)
+        if changes is not None:
+            DEFERRED.setdefault(running, []).append((changes, model_id, event_id_column))
+        return
     if settings is not RECENT.sized_for:
         RECENT.resize(settings.update_cache_size, settings.update_cache_ttl, settings)
     known = RECENT.get(event_id)
@@ -103,14 +120,19 @@ def update(
             f"{settings.update_cache_ttl:g} s (or is no longer remembered), so its model is "
             "unknown; pass model_id='<the model's uuid>'"
         )
-    changes = dict(columns)
-    if settings.redact is not None:
-        try:
-            changes = apply_redact(changes, settings.redact)
-        except Exception as error:
-            report("update:redact", f"an update was dropped: redact failed: {describe(error)}")
-            return
-    _pipeline.submit(Update(model_id, event_id, changes, event_id_column or "event_id"))
+    changes = _redacted(dict(columns), settings)
+    if changes is not None:
+        _pipeline.submit(Update(model_id, event_id, changes, event_id_column or "event_id"))
+
+
+def _redacted(changes: dict[str, Any], settings: Settings) -> Optional[dict[str, Any]]:
+    if settings.redact is None:
+        return changes
+    try:
+        return apply_redact(changes, settings.redact)
+    except Exception as error:
+        report("update:redact", f"an update was dropped: redact failed: {describe(error)}")
+        return None
 
 
 def delete_events(

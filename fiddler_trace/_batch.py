@@ -9,8 +9,8 @@ numpy and pandas stay optional: values are recognised by ``type(x).__module__`` 
 (``to_dict``, ``tolist``), so neither is ever imported here.
 
 A result whose length differs from the input's is logged (at most once a minute) and counted in
-``errors``, and no event is sent for that call (rows and outputs can no longer be paired); the
-result still reaches the caller untouched.
+``capture_errors``, and no event is sent for that call (rows and outputs can no longer be
+paired); the result still reaches the caller untouched.
 """
 
 from __future__ import annotations
@@ -170,7 +170,10 @@ class _BatchSteps:
         try:
             outputs = output_rows(result, len(rows), capture.outputs, capture.output_column)
         except Exception as error:
-            report(f"{self.kind}:batch", f"batch call of {self.plan.name} not captured: {error}")
+            report(
+                f"{self.kind}:batch",
+                f"batch call of {self.plan.name} not captured: {describe(error)}",
+            )
             return ()
         try:
             return self._submit(start, rows, outputs, settings, args, kwargs)

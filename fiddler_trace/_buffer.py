@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, Union
 
-from cachetools import LRUCache
-
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import format_event_id, id_text
 
@@ -111,6 +109,29 @@ class Batch:
         return gone
 
 
+class _IdHashes:
+    """Hashes of (model_id, event_id) of events that will never be published, the oldest
+    forgotten first past ``maxsize``.
+
+    Hashes, not the strings: 100,000 ints in a dict hold a few MB where tuples of two strings in
+    an LRU cache held ~30 MB. A collision of two 64-bit hashes among that many ids (about one in
+    10**14) would drop one valid update.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._keys: dict[int, None] = {}
+        self._maxsize = maxsize
+
+    def add(self, key: int) -> None:
+        keys = self._keys
+        keys[key] = None
+        if len(keys) > self._maxsize:
+            del keys[next(iter(keys))]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+
 class BatchBuffer:
     """Bounded queue plus the batches built from it.
 
@@ -152,8 +173,8 @@ class BatchBuffer:
         self.ready: collections.deque[Batch] = collections.deque()
         self.held: list[Batch] = []  # update batches waiting for their publishes
         self.open: set[Batch] = set()  # every drained, unresolved batch
-        self._failed_ids: LRUCache[tuple[str, str], bool] = LRUCache(maxsize=failed_id_memory)
-        self.dropped_ids: dict[tuple[str, str], bool] = {}  # written by producers on a drop
+        self._failed_ids = _IdHashes(failed_id_memory)
+        self.dropped_ids: dict[int, bool] = {}  # id hashes, written by producers on a drop
 
     # -- producer side: any thread -------------------------------------------------------------
 
@@ -165,7 +186,7 @@ class BatchBuffer:
             if type(item) is Event and len(self.dropped_ids) < self.max_events:
                 # So that a later update of this event is dropped too, not sent for an event
                 # the server never got. A dict set is atomic; the worker moves these on.
-                self.dropped_ids[(item.model_id, id_text(item.event_id))] = True
+                self.dropped_ids[hash((item.model_id, id_text(item.event_id)))] = True
             return False
         queue.append(item)
         next(self.accepted)
@@ -266,7 +287,7 @@ class BatchBuffer:
 
     def forget(self, model_id: str, event_id: str) -> None:
         """This event will never be published: drop its updates."""
-        self._failed_ids[(model_id, event_id)] = True
+        self._failed_ids.add(hash((model_id, event_id)))
 
     def release_updates(self) -> Iterator[Batch]:
         """Move held update batches whose publishes are all resolved to :attr:`ready`.
@@ -276,14 +297,14 @@ class BatchBuffer:
         """
         while self.dropped_ids:
             key, _ = self.dropped_ids.popitem()
-            self._failed_ids[key] = True
+            self._failed_ids.add(key)
         still: list[Batch] = []
         for batch in self.held:
             if self._publishes_before(batch.model_id, batch.seqs[-1]):
                 still.append(batch)
                 continue
             model, failed = batch.model_id, self._failed_ids
-            dead = [i for i, event_id in enumerate(batch.ids) if (model, event_id) in failed]
+            dead = [i for i, event_id in enumerate(batch.ids) if hash((model, event_id)) in failed]
             if dead:
                 lost = batch.split_off(dead)
                 self.outstanding -= len(lost)
@@ -307,7 +328,7 @@ class BatchBuffer:
         self.outstanding -= len(batch)
         if not delivered and remember and batch.method == POST:
             for event_id in batch.ids:
-                self._failed_ids[(batch.model_id, event_id)] = True
+                self._failed_ids.add(hash((batch.model_id, event_id)))
 
     def replace(self, batch: Batch, parts: Iterable[Batch]) -> None:
         """Put split parts of ``batch`` at the front of the send order, in order."""

@@ -4,7 +4,7 @@ redacting, handing an event to the pipeline, and reporting what could not be cap
 Argument checks run when a monitor decorates or a handler is built (import time) and raise
 :class:`ConfigurationError`. Everything else runs inside a monitored call or a log call and must
 never raise into it: :func:`report` is how a failure becomes visible instead (``stats()``'s
-``errors`` and ``last_error``, and a warning at most once a minute per kind).
+``capture_errors`` and ``last_error``, and a warning at most once a minute per kind).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fiddler_trace import _ids, _otel, _pipeline
 from fiddler_trace._clock import monotonic
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
-from fiddler_trace._event import Event
+from fiddler_trace._event import Event, Update
 from fiddler_trace._ids import EventId, id_text
 
 __all__ = [
@@ -55,6 +55,22 @@ else:  # pragma: no cover - Windows
 _otel_context = _otel.get_context
 _REPORT_EVERY = 60.0  # seconds between two warnings of one kind
 _reported: dict[str, float] = {}
+
+
+#: Updates made inside the monitored call of their own event, by event id: that event is
+#: submitted only when the call returns, so they wait for it here (see :func:`release_updates`).
+DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]]] = {}
+
+
+def release_updates(event_id: EventId, model_id: str, id_column: str, submitted: bool) -> None:
+    """The call of ``event_id`` ended: submit its deferred updates behind its event, or drop
+    them (the call raised, or was sampled out: there is no event to update)."""
+    waiting = DEFERRED.pop(event_id, None)
+    if not waiting or not submitted:
+        return
+    text = id_text(event_id)
+    for columns, own_model, own_column in waiting:
+        _pipeline.submit(Update(own_model or model_id, text, columns, own_column or id_column))
 
 
 def report(kind: str, message: str, *, count: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 At decoration :class:`CallPlan` reads the signature once; the builders it hands out do only what
 the call needs: ``dict(zip(names, args))``, the keyword arguments, the missing defaults. The
-rules (API.md, "Events"):
+rules (the decorator's documentation, "Events"):
 
 - inputs are the call's arguments by parameter name, defaults applied, without ``self``/``cls``;
   ``*args`` beyond the named parameters become one column named after it (a tuple), keywords

@@ -66,7 +66,8 @@ class FiddlerHandler(logging.Handler):
 
     Thread-safe without the handler lock (it takes no lock of its own). It never raises into the
     logging call and never calls ``handleError``: a record it cannot capture (the field is not a
-    mapping, no or a bad model id, a failing redactor) is counted in ``stats()["errors"]`` and
+    mapping, no or a bad model id, a failing redactor) is counted in
+    ``stats()["capture_errors"]`` and
     reported in a warning at most once a minute. :meth:`flush` returns at once; delivery is the
     background pipeline's, flushed at exit within ``exit_timeout``.
     """
@@ -116,7 +117,8 @@ class FiddlerHandler(logging.Handler):
         if fields is None or not _pipeline.capturing:
             return
         thread_name = record.threadName or threading.current_thread().name
-        if record.name.partition(".")[0] in _SKIPPED_LOGGERS or thread_name == THREAD_NAME:
+        name = record.name if type(record.name) is str else ""  # a hand-made record may lack it
+        if name.partition(".")[0] in _SKIPPED_LOGGERS or thread_name == THREAD_NAME:
             return
         guard = _guard
         if getattr(guard, "active", False):

@@ -20,6 +20,7 @@ import wrapt
 
 from fiddler_trace import _batch, _pipeline
 from fiddler_trace._capture import (
+    DEFERRED,
     Redact,
     check_column,
     check_model_id,
@@ -27,6 +28,7 @@ from fiddler_trace._capture import (
     check_sample_rate,
     deliver,
     describe,
+    release_updates,
     remember,
     report,
 )
@@ -115,7 +117,7 @@ def monitor(
     A call that raises passes its exception through unchanged and produces no event; it is
     counted in ``stats()["errors"]``. Nothing the library does inside the call raises into it:
     an event that cannot be built (a failing ``inputs``/``outputs``/``metadata`` callable, a
-    result that does not fit ``outputs=``) is skipped, counted in ``errors``, kept in
+    result that does not fit ``outputs=``) is skipped, counted in ``capture_errors``, kept in
     ``last_error`` and logged at most once a minute. Thread-safe and asyncio-safe.
     """
     if callable(model_id) and not isinstance(model_id, str):
@@ -309,6 +311,8 @@ class _Steps:
                 if columns is None:
                     remember(event_id, None, id_column, settings, sampled_owner)
                     next(_pipeline.STATS.sampled_out)
+                    if DEFERRED:
+                        DEFERRED.pop(event_id, None)
                     return
                 add_outputs(columns, result)
                 if has_metadata:
@@ -324,6 +328,8 @@ class _Steps:
                     settings,
                     owner,
                 )
+                if DEFERRED:  # an update() of this event made during the call
+                    release_updates(event_id, model_id, id_column, True)
             except Exception as error:
                 report(kind, f"could not capture a call of {name}: {describe(error)}")
 
@@ -368,6 +374,8 @@ def _sync_wrapper(steps: _Steps) -> Wrapper:
         except Exception:
             next(_pipeline.STATS.errors)
             set_last(None)
+            if DEFERRED:
+                DEFERRED.pop(event_id, None)
             raise
         finally:
             reset_current(token)  # same thread, same context: the token is always valid
@@ -391,6 +399,8 @@ def _sync_wrapper(steps: _Steps) -> Wrapper:
                     settings,
                     owner,
                 )
+            if DEFERRED:  # an update() of this event made during the call
+                release_updates(event_id, model_id, id_column, columns is not None)
         except Exception as error:
             report(kind, f"could not capture a call of {name}: {describe(error)}")
         return result
@@ -415,6 +425,8 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         except Exception:
             next(_pipeline.STATS.errors)
             set_last(None)
+            if DEFERRED:
+                DEFERRED.pop(state[0], None)
             raise
         finally:
             set_current(previous)

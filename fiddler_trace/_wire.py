@@ -41,7 +41,12 @@ _ERROR_TEXT_CHARS = 200
 
 @dataclass(frozen=True)
 class Job:
-    """A server-side job, as returned by DELETE and by file publishing."""
+    """A server-side job, as returned by DELETE and by file publishing.
+
+    Attributes:
+        id: the job's id (a UUID), to follow it in Fiddler.
+        name: the job's name as the server gave it.
+    """
 
     id: str
     name: str

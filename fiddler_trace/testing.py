@@ -104,3 +104,4 @@ def reset() -> None:
     _pipeline.reset()
     _ids.reset()
     _capture.forget_reports()
+    _capture.DEFERRED.clear()

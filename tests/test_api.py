@@ -415,3 +415,36 @@ def test_a_ground_truth_job_configured_only_by_environment_sends_updates(collect
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert [row.get("target") for row in collector.events(MODEL)] == [1, 1, 1]
+
+
+def test_an_update_made_inside_its_own_call_follows_the_event(collector):
+    """update(current_event_id()) inside the call waits for the call's event, over HTTP too."""
+    fiddler_trace.init(enabled=True, url=collector.url, token="t", flush_interval=0.01)
+    seen: list[int] = []
+
+    @fiddler_trace.monitor(model_id=MODEL)
+    def predict_and_label(x):
+        fiddler_trace.update(fiddler_trace.current_event_id(), {"target": x})
+        seen.append(len(collector.updates(MODEL)))
+        return {"y": x}
+
+    predict_and_label(7)
+    assert fiddler_trace.flush(10)
+    assert collector.events(MODEL)[0]["target"] == 7
+    assert collector.stats()["unknown_updates"] == 0
+    assert seen == [0]
+
+
+def test_an_update_made_inside_a_call_that_raises_is_dropped():
+    """No event, no update: the deferred update of a call that raised is dropped."""
+
+    @fiddler_trace.monitor(model_id=MODEL)
+    def failing(x):
+        fiddler_trace.update(fiddler_trace.current_event_id(), {"target": x})
+        raise RuntimeError("model failed")
+
+    with testing.capture() as events:
+        with pytest.raises(RuntimeError):
+            failing(1)
+        assert events == []
+        assert events.updates == []

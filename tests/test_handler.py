@@ -288,3 +288,13 @@ def test_repr_shows_model_and_field():
     assert repr(FiddlerHandler(MODEL, level=logging.INFO)) == (
         f"<FiddlerHandler model_id={MODEL!r} field='fiddler' (INFO)>"
     )
+
+
+def test_a_hand_made_record_without_a_name_never_raises():
+    """A record built by hand with no logger name still never raises into the log call."""
+    handler = FiddlerHandler(model_id=MODEL)
+    record = logging.makeLogRecord({"fiddler": {"x": 1}})
+    record.name = None  # type: ignore[assignment]
+    with testing.capture() as events:
+        handler.handle(record)
+    assert len(events) == 1
