@@ -17,6 +17,7 @@ import decimal
 import enum
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -48,16 +49,26 @@ def safe_repr(value: Any) -> str:
 
 
 def _is_missing(value: Any) -> bool:
-    """pandas' NaT and NA (and numpy's NaT), which mean a missing value."""
-    module = type(value).__module__
-    if not module.startswith(("pandas", "numpy")):
-        return False
-    try:
-        import pandas
+    """pandas' NaT and NA, and numpy's NaT, which mean a missing value.
 
-        return value is pandas.NaT or value is pandas.NA
-    except ImportError:  # pragma: no cover - numpy without pandas
-        return False
+    Looked up in ``sys.modules``: a value can only be one of them if its library was imported,
+    and importing pandas here would cost the worker a second or more.
+    """
+    module = type(value).__module__
+    if module.startswith("pandas"):
+        pandas = sys.modules.get("pandas")
+        return pandas is not None and (value is pandas.NaT or value is pandas.NA)
+    if module.startswith("numpy"):
+        numpy = sys.modules.get("numpy")
+        try:
+            return (
+                numpy is not None
+                and isinstance(value, numpy.datetime64)
+                and bool(numpy.isnat(value))
+            )
+        except Exception:
+            return False
+    return False
 
 
 def to_json_value(value: Any) -> Any:

@@ -135,9 +135,9 @@ def last_event_ids() -> list[str]:
     last = LAST.get()
     if last is None:
         return []
-    if type(last) is int:
-        return [format_event_id(last)]
-    return [last] if isinstance(last, str) else list(last)
+    if isinstance(last, tuple):
+        return list(last)
+    return [id_text(last)]
 
 
 #: One generation of :class:`RecentIds`: id -> monotonic capture time, id -> owner.

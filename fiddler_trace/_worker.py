@@ -18,6 +18,7 @@ from fiddler_trace._buffer import POST, Batch, BatchBuffer, Item
 from fiddler_trace._clock import Clock
 from fiddler_trace._errors import FiddlerAPIError
 from fiddler_trace._event import Event
+from fiddler_trace._ids import id_text
 from fiddler_trace._retry import Outcome
 from fiddler_trace._spooler import ReplayMark, Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -371,7 +372,7 @@ class BatchWorker:
         self.stats.last_error = f"an event was dropped: {reason}"
         self._failed([seq])
         if isinstance(item, Event):
-            self.buffer.forget(item.model_id, item.event_id)
+            self.buffer.forget(item.model_id, id_text(item.event_id))
         self._warn(
             f"refused:{item.model_id}",
             f"fiddler_trace: an event for model {item.model_id} was dropped: {reason}",
