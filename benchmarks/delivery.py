@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
+
+from hotpath import start_collector  # benchmarks/ is on sys.path when run as a script
 
 from fiddler_trace import _pipeline
 from fiddler_trace._event import Event
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
-
-
-def start_collector() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fiddler_trace", "collector", "--port", "0", "--db", ":memory:"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    match = re.search(r"http://[^/\s,;]+", process.stdout.readline())
-    assert match is not None, "the collector did not say where it listens"
-    return process, match.group(0)
 
 
 def thread_cpu(thread_ident: int) -> float:

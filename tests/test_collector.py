@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from collector_http import body, client_for, publish
 
 from fiddler_trace.collector import Collector
 
@@ -25,30 +26,10 @@ def collector() -> Iterator[Collector]:
         yield running
 
 
-def client_for(collector: Collector) -> httpx.Client:
-    """A keep-alive client of the collector; plain HTTP on loopback, so no CA bundle to load."""
-    return httpx.Client(base_url=collector.url, headers={"Authorization": "Bearer t"}, verify=False)
-
-
 @pytest.fixture
 def client(collector: Collector) -> Iterator[httpx.Client]:
     with client_for(collector) as http:
         yield http
-
-
-def body(events: list[Any], model_id: str = MODEL, **fields: Any) -> dict[str, Any]:
-    return {
-        "model_id": model_id,
-        "env_type": "PRODUCTION",
-        "source": {"type": "EVENTS", "events": events},
-        **fields,
-    }
-
-
-def publish(client: httpx.Client, events: list[Any], model_id: str = MODEL) -> list[str]:
-    response = client.post("/v3/events", json=body(events, model_id))
-    assert response.status_code == 200, response.text
-    return list(response.json()["data"]["event_ids"])
 
 
 def delete(client: httpx.Client, **fields: Any) -> httpx.Response:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import httpx
 import orjson
 import pytest
+from collector_http import client_for
 
 from fiddler_trace.collector import Collector
 from fiddler_trace.collector._validate import parse_time
@@ -22,13 +23,6 @@ _DROP = object()  # an events_body() override that removes the field
 def collector() -> Iterator[Collector]:
     with Collector(max_body_bytes=64 * 1024) as running:
         yield running
-
-
-def client_for(collector: Collector, headers: Optional[dict[str, str]] = None) -> httpx.Client:
-    """A keep-alive client of the collector; plain HTTP on loopback, so no CA bundle to load."""
-    return httpx.Client(
-        base_url=collector.url, headers=AUTH if headers is None else headers, verify=False
-    )
 
 
 @pytest.fixture
