@@ -331,6 +331,8 @@ class _Steps:
                 if DEFERRED:  # an update() of this event made during the call
                     release_updates(event_id, model_id, id_column, True)
             except Exception as error:
+                if DEFERRED:
+                    DEFERRED.pop(event_id, None)
                 report(kind, f"could not capture a call of {name}: {describe(error)}")
 
         self.begin = begin
@@ -371,8 +373,9 @@ def _sync_wrapper(steps: _Steps) -> Wrapper:
         token = set_current(event_id)
         try:
             result = wrapped(*args, **kwargs)
-        except Exception:
-            next(_pipeline.STATS.errors)
+        except BaseException as error:
+            if isinstance(error, Exception):  # not cancellation or KeyboardInterrupt
+                next(_pipeline.STATS.errors)
             set_last(None)
             if DEFERRED:
                 DEFERRED.pop(event_id, None)
@@ -402,6 +405,8 @@ def _sync_wrapper(steps: _Steps) -> Wrapper:
             if DEFERRED:  # an update() of this event made during the call
                 release_updates(event_id, model_id, id_column, columns is not None)
         except Exception as error:
+            if DEFERRED:
+                DEFERRED.pop(event_id, None)
             report(kind, f"could not capture a call of {name}: {describe(error)}")
         return result
 
@@ -422,8 +427,9 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         set_current(state[0])
         try:
             result = await wrapped(*args, **kwargs)
-        except Exception:
-            next(_pipeline.STATS.errors)
+        except BaseException as error:
+            if isinstance(error, Exception):  # not cancellation
+                next(_pipeline.STATS.errors)
             set_last(None)
             if DEFERRED:
                 DEFERRED.pop(state[0], None)

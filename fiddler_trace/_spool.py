@@ -135,7 +135,8 @@ class Spool:
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
+        # The open segment cannot be evicted: keep it small next to the bound.
+        self.segment_bytes = max(1024, min(segment_bytes, max_bytes // 4))
         self.fsync = fsync
         self._own: Optional[Path] = None
         self._own_fd: Optional[int] = None
@@ -169,8 +170,12 @@ class Spool:
         self._counter += 1
         name = f"seg-{time.time_ns():020d}-{os.getpid()}-{self._counter:04d}{SUFFIX}"
         path = self.directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # Created under a name no reader lists, locked, then renamed into place: another
+        # process never sees this segment unlocked (it would take it for a closed, empty one).
+        hidden = path.with_name(name + ".new")
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         _lock(fd)
+        os.rename(hidden, path)
         self._own, self._own_fd, self._own_size = path, fd, 0
 
     def rotate(self) -> None:
@@ -279,7 +284,11 @@ class Spool:
     # -- bounds and listing ----------------------------------------------------------------
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.segments() if p.exists())
+        total = 0
+        for path in self.segments():
+            with contextlib.suppress(FileNotFoundError):  # replayed and removed meanwhile
+                total += path.stat().st_size
+        return total
 
     def _evict(self) -> int:
         """Delete the oldest closed segments while over max_bytes; returns the events lost."""

@@ -145,7 +145,10 @@ class BatchWorker:
         if buffer.ready and now >= self.blocked_until:
             batch = buffer.ready.popleft()
             if self.spooler is not None and self.spooler.must_follow(batch):
-                self._keep(batch)
+                if not self._keep(batch):  # the disk refused: fail it, never hold it forever
+                    self.buffer.resolve(batch, delivered=False)
+                    self.stats.failed += len(batch)
+                    self._failed(batch.seqs)
             else:
                 self._deliver(batch)
             self._release_updates()
@@ -241,8 +244,8 @@ class BatchWorker:
         self.stats.last_error = _describe(error)
         if outcome is Outcome.RETRY:
             self._retry_later(batch, error)
-        elif outcome is Outcome.CONFLICT and batch.attempts > 0:
-            self._delivered(batch)
+        elif outcome is Outcome.CONFLICT and (batch.attempts > 0 or batch.origin is not None):
+            self._delivered(batch)  # a retry, or a replay: an earlier attempt landed
         elif outcome in (Outcome.SPLIT, Outcome.BISECT) and len(batch) > 1:
             self._split(batch)
         elif outcome is Outcome.BISECT:
@@ -255,12 +258,13 @@ class BatchWorker:
             self._fail(batch, "an event is larger than the server accepts (413)", key="413")
         else:
             hint = _retry.hint(status) if status is not None else "unexpected error"
-            # A replayed record stays on disk: the token or URL may be fixed by the next run.
+            # A replayed record refused for its token stays on disk: the next run may fix the
+            # token. Any other refusal would block the spool behind it for good.
             self._fail(
                 batch,
                 f"{_describe(error)}; {hint}",
                 key=f"fail:{status}",
-                transient=batch.origin is not None,
+                transient=batch.origin is not None and status in (401, 403),
             )
 
     def _retry_later(self, batch: Batch, error: Exception) -> None:
@@ -323,6 +327,10 @@ class BatchWorker:
     def _keep(self, batch: Batch) -> bool:
         """Write a live batch to the spool; it then counts as resolved, not delivered."""
         assert self.spooler is not None
+        if self._kept_all:
+            # Shutdown already wrote everything held, this batch included (it was in flight).
+            self.buffer.resolve(batch, delivered=False, remember=False)
+            return True
         if not self.spooler.keep(batch):
             return False
         self.buffer.resolve(batch, delivered=False, remember=False)
@@ -333,13 +341,20 @@ class BatchWorker:
         """During an outage with a spool, the backlog goes to disk, keeping the buffer free
         for new events instead of dropping them."""
         buffer = self.buffer
-        if self.spooler is None or buffer.depth() < buffer.max_events // 2:
+        if self.spooler is None or len(buffer.ready) < 2 or buffer.depth() < buffer.max_events // 2:
             return
-        while len(buffer.ready) > 1:  # the head is the batch being retried
-            batch = buffer.ready.pop()
-            if not self._keep(batch):
-                buffer.ready.append(batch)
-                return
+        # Oldest first, so that on disk a model's updates keep their order; the head is the
+        # batch being retried, and parts of a replayed record are on disk already.
+        head, *rest = buffer.ready
+        kept: list[Batch] = [head]
+        for index, batch in enumerate(rest):
+            if batch.origin is None and not self._keep(batch):
+                kept.extend(rest[index:])
+                break
+            if batch.origin is not None:
+                kept.append(batch)
+        buffer.ready.clear()
+        buffer.ready.extend(kept)
 
     def keep_all(self) -> int:
         """At shutdown, after the bound: every event still held goes to the spool, once (the

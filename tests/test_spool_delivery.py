@@ -16,7 +16,7 @@ import pytest
 from faults import FaultServer, Respond
 
 from fiddler_trace._config import load_settings
-from fiddler_trace._event import Event
+from fiddler_trace._event import Event, Update
 from fiddler_trace._pipeline import Pipeline
 from fiddler_trace._spool import Spool
 
@@ -275,3 +275,48 @@ def test_a_delivery_after_failures_replays_what_was_kept(server, spool_dir):
     finally:
         pipeline.shutdown(5)
     assert Spool(spool_dir).segments() == []
+
+
+def test_a_409_to_a_replayed_record_counts_as_delivered(spool_dir):
+    """A record whose events the server already has (409) is acknowledged, not retried forever."""
+    with FaultServer(conflict_on_duplicate=True) as server:
+        first = pipeline_for(server.url, spool_dir)
+        first.enqueue(Event(MODEL, eid(1), 0.0, {"x": 1}))
+        assert first.flush(10)
+        first.shutdown(5)
+        spool = Spool(spool_dir)
+        data = b'{"event_id":"%s"}' % eid(1).encode()
+        spool.append("POST", MODEL, [eid(1)], [len(data)], data)
+        spool.close()
+        pipeline = replay(server, spool_dir)
+        assert [r.answered for r in server.received] == [200, 409]
+        assert pipeline.stats.replayed == 1
+    assert Spool(spool_dir).segments() == []
+
+
+def test_an_update_the_disk_refuses_fails_instead_of_hanging(server, spool_dir, monkeypatch):
+    """If an update cannot be written behind its spooled publish, it fails; flush returns."""
+    pipeline = pipeline_for(server.url, spool_dir)
+    try:
+        assert pipeline.spooler is not None
+        pipeline.spooler.replaying = False  # nothing to replay: keep the state below
+        pipeline.spooler.models.add(MODEL)  # as if this model's publishes were on disk
+        monkeypatch.setattr(pipeline.spooler, "keep", lambda batch: False)
+        pipeline.enqueue(Update(MODEL, eid(1), {"target": 1}))
+        assert pipeline.flush(10) is False
+        assert pipeline.stats.failed == 1
+        assert pipeline.buffer.depth() == 0
+    finally:
+        pipeline.shutdown(5)
+
+
+def test_the_spool_stays_near_its_byte_bound(spool_dir):
+    """max_spool_bytes holds even when it is smaller than a segment would be."""
+    spool = Spool(spool_dir, max_bytes=10_000)
+    evicted = 0
+    for i in range(1000):
+        data = b'{"event_id":"%s"}' % eid(i).encode()
+        evicted += spool.append("POST", MODEL, [eid(i)], [len(data)], data)
+    assert evicted > 0
+    assert spool.size() <= 10_000 + spool.segment_bytes
+    spool.close()
