@@ -34,6 +34,7 @@ __all__ = [
     "EventId",
     "Generation",
     "RecentIds",
+    "after_fork",
     "current_event_id",
     "draw",
     "format_event_id",
@@ -261,10 +262,11 @@ def reset() -> None:
     LAST.set(None)
 
 
-def _after_fork_in_child() -> None:
+def after_fork() -> None:
+    """In a forked child: a random source of its own, and none of the parent's ids."""
     _rng.seed()
     RECENT.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=after_fork)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import httpx
 
+from fiddler_trace import _ids
 from fiddler_trace._buffer import BatchBuffer, Item
 from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
@@ -292,6 +293,11 @@ def _start() -> Optional[Pipeline]:
     with _lock:
         if _current is not None and _current.pid == os.getpid():
             return _current
+        if _current is not None:
+            # A fork that bypassed os.register_at_fork (uWSGI forks from C): do here what the
+            # hooks would have done, or this child would draw the parent's event ids.
+            _after_fork_in_child()
+            _ids.after_fork()
         active = settings()
         if _exiting or not active.enabled:
             return None

@@ -168,3 +168,25 @@ def test_shutdown_is_idempotent_and_restarts_lazily(server):
     assert _pipeline.flush(10)
     assert len(server.events()) == 2
     assert _pipeline.stats()["sent"] == 2
+
+
+def test_a_fork_the_hooks_missed_is_caught_on_the_next_event(server, monkeypatch):
+    """A child forked without os.register_at_fork (uWSGI) gets a new pipeline and new ids."""
+    from fiddler_trace import _ids
+
+    _pipeline.configure(enabled=True, url=server.url, token="t")
+    _pipeline.submit(event(1))
+    parent = _pipeline.current()
+    assert parent is not None
+    reseeded: list[bool] = []
+    original = _ids.after_fork
+    monkeypatch.setattr(_ids, "after_fork", lambda: reseeded.append(True) or original())
+    monkeypatch.setattr(parent, "pid", -1)  # as seen from a child the hooks missed
+    _pipeline.submit(event(2))
+    child = _pipeline.current()
+    assert child is not None
+    assert child is not parent
+    assert reseeded == [True]
+    assert _pipeline.flush(10)
+    parent.shutdown(5)
+    assert sorted(e["x"] for e in server.events()) == [1, 2]
