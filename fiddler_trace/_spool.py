@@ -145,6 +145,8 @@ class Spool:
         self._counter = 0
         self._handed_out = 0  # end offset of the last record handed out of the open segment
         self._skip: set[Path] = set()  # handed out but not all acknowledged: not again for now
+        self._replay_fd: Optional[int] = None  # holds replay.lock while replaying
+        self._written: set[Path] = set()  # segments this process wrote
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
 
@@ -177,6 +179,7 @@ class Spool:
         _lock(fd)
         os.rename(hidden, path)
         self._own, self._own_fd, self._own_size = path, fd, 0
+        self._written.add(path)
 
     def rotate(self) -> None:
         """Close this process's open segment, releasing its lock so it can be replayed."""
@@ -192,15 +195,18 @@ class Spool:
         """Close everything this process holds. Idempotent."""
         self.rotate()
         self._stop_reading()
+        self._drop_replay_lock()
 
     def after_fork(self) -> None:
         """In a forked child: close the inherited descriptors. The parent keeps its locks
         (a flock lives while any copy of its descriptor is open in the parent)."""
-        for fd in (self._own_fd, self._reading[1] if self._reading else None):
+        for fd in (self._own_fd, self._reading[1] if self._reading else None, self._replay_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._own, self._own_fd, self._own_size, self._reading = None, None, 0, None
+        self._replay_fd = None
+        self._written = set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -209,9 +215,17 @@ class Spool:
         return sorted(self.directory.glob(f"*{SUFFIX}"))
 
     def next_record(self) -> Optional[Record]:
-        """The next record to replay, oldest first; None when nothing can be replayed now."""
+        """The next record to replay, oldest first; None when nothing can be replayed now.
+
+        One process replays a directory at a time (``replay.lock``): segments then go out in
+        the order they were written, whichever process wrote them, so an update written behind
+        its publish by one process is never sent before another process replayed that publish.
+        """
+        if self._replay_fd is None and not self._take_replay_lock():
+            return None
         while True:
             if self._reading is None and not self._open_next():
+                self._drop_replay_lock()
                 return None
             assert self._reading is not None
             try:
@@ -280,6 +294,34 @@ class Spool:
         """Stop replaying for now (the server fails again); progress so far is kept."""
         self._stop_reading()
         self._skip.clear()
+        self._drop_replay_lock()
+
+    def _take_replay_lock(self) -> bool:
+        fd = os.open(self.directory / "replay.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if not _lock(fd):
+            os.close(fd)  # another process replays this directory now
+            return False
+        self._replay_fd = fd
+        return True
+
+    def _drop_replay_lock(self) -> None:
+        if self._replay_fd is not None:
+            os.close(self._replay_fd)
+            self._replay_fd = None
+
+    def replay_idle(self) -> bool:
+        """No process is replaying this directory right now."""
+        if self._replay_fd is not None:
+            return False
+        if not self._take_replay_lock():
+            return False
+        self._drop_replay_lock()
+        return True
+
+    def own_on_disk(self) -> bool:
+        """Some segment this process wrote is still on disk (not all of it acknowledged)."""
+        self._written = {p for p in self._written if p.exists()}
+        return bool(self._written)
 
     # -- bounds and listing ----------------------------------------------------------------
 
@@ -326,7 +368,10 @@ class Spool:
         for path in self.segments():
             if path == self._own:
                 continue
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # replayed and removed by another process meanwhile
+                continue
             try:
                 if _lock(fd):
                     _remove(path)
@@ -339,12 +384,16 @@ class Spool:
         """Each segment with its size, acknowledged bytes and whether a process holds it."""
         out = []
         for path in self.segments():
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # replayed and removed by another process meanwhile
+                continue
             try:
                 locked = not _lock(fd)
+                size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            out.append(SpoolSegment(path, path.stat().st_size, self._acked(path), locked))
+            out.append(SpoolSegment(path, size, self._acked(path), locked))
         return out
 
 

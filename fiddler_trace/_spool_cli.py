@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from time import monotonic
 from typing import Any, TextIO
 
 __all__ = ["add_spool"]
@@ -112,14 +113,16 @@ def _run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 1
     tty = out.isatty()
     pipeline.start()
-    waited = 0.0
-    while waited < args.timeout:
-        finished = pipeline.flush(0.25) or not (spooler.replaying or spooler.in_flight)
-        waited += 0.25
+    deadline = monotonic() + args.timeout
+    while monotonic() < deadline:
+        pipeline.flush(0.25)
         if tty:
             print(f"\rsent {pipeline.stats.replayed:,} of {total:,} events", end="", file=out)
-        if finished and not (spooler.replaying or spooler.in_flight):
+        if spooler.replaying or spooler.in_flight:
+            continue
+        if pipeline.worker.failing or not _replayable(args.dir):
             break
+        spooler.start_replay()  # another process held the directory's replay lock: wait
     pipeline.shutdown(5.0)
     sent, failed = pipeline.stats.replayed, pipeline.stats.failed
     # Another process may replay segments of the same directory at the same time: what counts
@@ -134,6 +137,17 @@ def _run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         summary += f"; {left:,} left (last error: {pipeline.stats.last_error})"
     print(summary, file=out)
     return 1 if left else 0
+
+
+def _replayable(directory: str) -> bool:
+    """Events wait in a segment no process holds, or another process is replaying."""
+    spool = _open(directory)
+    try:
+        if any(spool.pending_events(s.path) for s in spool.listing() if not s.locked):
+            return True
+        return not spool.replay_idle()
+    finally:
+        spool.close()
 
 
 _RUNS = {"ls": _run_ls, "replay": _run_replay, "purge": _run_purge}

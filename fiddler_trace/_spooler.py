@@ -21,6 +21,8 @@ from fiddler_trace._stats import Stats
 
 __all__ = ["ReplayMark", "Spooler"]
 
+RETRY_REPLAY = 5.0  # seconds between looks at a spool another process is replaying
+
 logger = logging.getLogger("fiddler_trace")
 
 
@@ -44,6 +46,7 @@ class Spooler:
         self.models: set[str] = set()  # models with batches of ours on disk, not yet replayed
         self.replaying = True  # replay at first use
         self.in_flight: Optional[ReplayMark] = None
+        self._retry_at = 0.0
 
     def keep(self, batch: Batch) -> bool:
         """Write the batch to disk; False if that failed (the caller counts it as failed)."""
@@ -82,8 +85,10 @@ class Spooler:
         self.replaying = False
         self.spool.release()
 
-    def next_batch(self) -> Optional[Batch]:
+    def next_batch(self, now: float) -> Optional[Batch]:
         """The next spooled record as a batch, when replaying and none is in flight."""
+        if not self.replaying and self.models and now >= self._retry_at:
+            self.start_replay()  # our batches are still on disk: look again
         if not self.replaying or self.in_flight is not None:
             return None
         try:
@@ -96,7 +101,12 @@ class Spooler:
             record = self.spool.next_record()
         if record is None:
             self.replaying = False
-            self.models.clear()  # everything of ours is delivered (or was evicted)
+            if self.spool.own_on_disk():
+                # Another process replays this directory now (or a segment of ours waits):
+                # our updates keep going behind our publishes until they are all sent.
+                self._retry_at = now + RETRY_REPLAY
+            else:
+                self.models.clear()  # everything of ours is delivered (or was evicted)
             return None
         batch = Batch(record.method, record.model_id, 0.0)
         batch.ids, batch.ends, batch.data = record.ids, record.ends, bytearray(record.data)

@@ -153,7 +153,7 @@ class BatchWorker:
                 self._deliver(batch)
             self._release_updates()
         elif not buffer.ready and not self.failing and self.spooler is not None:
-            replay = self.spooler.next_batch()
+            replay = self.spooler.next_batch(now)
             if replay is not None:
                 buffer.ready.append(replay)
         self._settle_waiters()

@@ -100,19 +100,23 @@ def test_a_live_writers_open_segment_is_not_replayed(tmp_path):
     assert replay_all(reader) == [["e0"]]
 
 
-def test_two_replayers_never_share_a_segment(tmp_path):
-    """While one replayer holds a segment, another skips it and takes the next one."""
+def test_one_replayer_at_a_time_per_directory(tmp_path):
+    """While one process replays a directory, another gets nothing; then it takes over."""
     writer = Spool(str(tmp_path))
     write(writer, 1, 0)
     writer.rotate()
     write(writer, 1, 1)
     writer.close()
     one, two = Spool(str(tmp_path)), Spool(str(tmp_path))
-    first, second = one.next_record(), two.next_record()
+    first = one.next_record()
     assert first is not None
-    assert second is not None
-    assert {first.ids[0], second.ids[0]} == {"e0", "e1"}
-    assert first.segment != second.segment
+    assert first.ids == ["e0"]
+    assert two.next_record() is None
+    assert not two.replay_idle()
+    one.ack(first)
+    one.release()
+    assert replay_all(two) == [["e1"]]
+    assert two.replay_idle()
 
 
 def test_eviction_drops_oldest_segments_and_counts_their_events(tmp_path):

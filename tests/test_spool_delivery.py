@@ -299,8 +299,8 @@ def test_an_update_the_disk_refuses_fails_instead_of_hanging(server, spool_dir, 
     pipeline = pipeline_for(server.url, spool_dir)
     try:
         assert pipeline.spooler is not None
-        pipeline.spooler.replaying = False  # nothing to replay: keep the state below
-        pipeline.spooler.models.add(MODEL)  # as if this model's publishes were on disk
+        pipeline.spooler.models.add(MODEL)  # as if this model's publishes were on disk,
+        monkeypatch.setattr(pipeline.spooler.spool, "own_on_disk", lambda: True)  # not replayed
         monkeypatch.setattr(pipeline.spooler, "keep", lambda batch: False)
         pipeline.enqueue(Update(MODEL, eid(1), {"target": 1}))
         assert pipeline.flush(10) is False
