@@ -168,3 +168,18 @@ def test_listing_shows_locked_segments(tmp_path):
     other = Spool(str(tmp_path))
     listed = {Path(s.path).name: s.locked for s in other.listing()}
     assert sorted(listed.values()) == [False, True]
+
+
+def test_fsync_setting_syncs_each_record(tmp_path, monkeypatch):
+    """With fsync on, every spooled record is fsynced before append returns."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    spool = Spool(str(tmp_path), fsync=True)
+    write(spool, 1)
+    write(spool, 1, 1)
+    assert len(synced) == 2
+    spool.close()
+    unsynced = Spool(str(tmp_path / "other"))
+    write(unsynced, 1)
+    assert len(synced) == 2
+    unsynced.close()

@@ -320,3 +320,74 @@ def test_the_spool_stays_near_its_byte_bound(spool_dir):
     assert evicted > 0
     assert spool.size() <= 10_000 + spool.segment_bytes
     spool.close()
+
+
+def test_spool_replay_shows_progress_on_a_terminal(server, spool_dir):
+    """On a terminal, replay shows 'sent N of M events' as it goes."""
+    import pty
+
+    spool = Spool(spool_dir)
+    for i in range(3):
+        data = b'{"event_id":"%s"}' % eid(i).encode()
+        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
+    spool.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
+    env.update(FIDDLER_TOKEN="t")
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fiddler_trace",
+                "spool",
+                "replay",
+                "--dir",
+                spool_dir,
+                "--url",
+                server.url,
+            ],
+            env=env,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert done.returncode == 0, done.stderr
+    assert b"sent 3 of 3 events" in output
+    assert b"replayed 3 of 3 events" in output
+
+
+def test_spool_eviction_is_counted_as_dropped_and_warned(spool_dir, caplog):
+    """Past max_spool_bytes the oldest events on disk are dropped, counted and warned."""
+    import logging
+
+    pipeline = pipeline_for(
+        DOWN, spool_dir, max_spool_bytes=4096, retry_deadline=0.1, batch_size=10
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="fiddler_trace"):
+            for i in range(300):
+                pipeline.enqueue(Event(MODEL, eid(i), 0.0, {"x": i}))
+            assert not pipeline.flush(10)
+        stats = pipeline.snapshot()
+        assert stats["spooled"] == 300
+        assert stats["dropped"] > 0
+        assert "spool over its size limit" in caplog.text
+    finally:
+        pipeline.shutdown(1)
+    assert Spool(spool_dir).size() <= 4096 + 1024
