@@ -76,6 +76,16 @@ def run_script(body: str, spool_dir: str, url: str = DOWN, **popen: Any) -> Any:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
+def spool_events(spool_dir: str, numbers: Any, **spool_options: Any) -> Spool:
+    """Write one POST record per event number, as a process would have; returns the spool."""
+    spool = Spool(spool_dir, **spool_options)
+    for i in numbers:
+        data = b'{"event_id":"%s"}' % eid(i).encode()
+        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
+    spool.close()
+    return spool
+
+
 def replay(server: FaultServer, spool_dir: str) -> Pipeline:
     pipeline = pipeline_for(server.url, spool_dir)
     pipeline.start()
@@ -139,12 +149,7 @@ def test_kill_9_during_an_outage_loses_nothing_past_the_deadline(server, spool_d
 
 def test_a_torn_final_record_after_a_crash_is_skipped(server, spool_dir):
     """A record cut short by a crash is skipped; the records before it are delivered."""
-    spool = Spool(spool_dir)
-    for i in range(3):
-        data = b'{"event_id":"%s"}' % eid(i).encode()
-        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
-    spool.close()
-    (segment,) = spool.segments()
+    (segment,) = spool_events(spool_dir, range(3)).segments()
     with open(segment, "r+b") as handle:
         handle.truncate(segment.stat().st_size - 5)
     replay(server, spool_dir)
@@ -153,11 +158,7 @@ def test_a_torn_final_record_after_a_crash_is_skipped(server, spool_dir):
 
 def test_replay_never_resends_an_acknowledged_record(server, spool_dir):
     """A replay stopped by a failure resumes after the last acknowledged record."""
-    spool = Spool(spool_dir)
-    for i in range(3):
-        data = b'{"event_id":"%s"}' % eid(i).encode()
-        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
-    spool.close()
+    spool_events(spool_dir, range(3))
     server.push(Respond(200, body={"kind": "NORMAL", "data": {"event_ids": [eid(0)]}}))
     server.push(Respond(401))
     first = pipeline_for(server.url, spool_dir)
@@ -187,12 +188,7 @@ def test_the_backlog_of_an_outage_goes_to_disk_not_dropped(spool_dir):
 
 def test_two_processes_replaying_one_directory_send_each_event_once(server, spool_dir):
     """Two replayers on one spool directory never send the same segment."""
-    spool = Spool(spool_dir, segment_bytes=400)
-    for i in range(40):
-        data = b'{"event_id":"%s"}' % eid(i).encode()
-        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
-    spool.close()
-    assert len(spool.segments()) > 4
+    assert len(spool_events(spool_dir, range(40), segment_bytes=400).segments()) > 4
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
     env.update(FIDDLER_URL=server.url, FIDDLER_TOKEN="t")
     command = [sys.executable, "-m", "fiddler_trace", "spool", "replay", "--dir", spool_dir]
@@ -205,11 +201,7 @@ def test_two_processes_replaying_one_directory_send_each_event_once(server, spoo
 
 def test_spool_command_lists_and_purges(spool_dir):
     """spool ls counts what is left; purge needs --yes without a terminal, then deletes."""
-    spool = Spool(spool_dir)
-    for i in range(3):
-        data = b'{"event_id":"%s"}' % eid(i).encode()
-        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
-    spool.close()
+    spool_events(spool_dir, range(3))
     cli = [sys.executable, "-m", "fiddler_trace", "spool"]
     listed = subprocess.run([*cli, "ls", "--dir", spool_dir], capture_output=True, text=True)
     assert listed.returncode == 0
@@ -232,10 +224,7 @@ def test_spool_command_lists_and_purges(spool_dir):
 
 def test_spool_replay_command_reports_progress(server, spool_dir):
     """spool replay sends everything and says how much."""
-    spool = Spool(spool_dir)
-    data = b'{"event_id":"%s"}' % eid(1).encode()
-    spool.append("POST", MODEL, [eid(1)], [len(data)], data)
-    spool.close()
+    spool_events(spool_dir, [1])
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
     env.update(FIDDLER_TOKEN="t")
     done = subprocess.run(
@@ -284,10 +273,7 @@ def test_a_409_to_a_replayed_record_counts_as_delivered(spool_dir):
         first.enqueue(Event(MODEL, eid(1), 0.0, {"x": 1}))
         assert first.flush(10)
         first.shutdown(5)
-        spool = Spool(spool_dir)
-        data = b'{"event_id":"%s"}' % eid(1).encode()
-        spool.append("POST", MODEL, [eid(1)], [len(data)], data)
-        spool.close()
+        spool_events(spool_dir, [1])
         pipeline = replay(server, spool_dir)
         assert [r.answered for r in server.received] == [200, 409]
         assert pipeline.stats.replayed == 1
@@ -326,11 +312,7 @@ def test_spool_replay_shows_progress_on_a_terminal(server, spool_dir):
     """On a terminal, replay shows 'sent N of M events' as it goes."""
     import pty
 
-    spool = Spool(spool_dir)
-    for i in range(3):
-        data = b'{"event_id":"%s"}' % eid(i).encode()
-        spool.append("POST", MODEL, [eid(i)], [len(data)], data)
-    spool.close()
+    spool_events(spool_dir, range(3))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
     env.update(FIDDLER_TOKEN="t")
     leader, follower = pty.openpty()
