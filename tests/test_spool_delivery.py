@@ -69,7 +69,7 @@ def run_script(body: str, spool_dir: str, url: str = DOWN, **popen: Any) -> Any:
                             flush_interval=0.05, exit_timeout=1.0)
         """
     ) + textwrap.dedent(body)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
+    env = clean_env()
     command = [sys.executable, "-c", script]
     if popen:
         return subprocess.Popen(command, env=env, text=True, **popen)
@@ -84,6 +84,17 @@ def spool_events(spool_dir: str, numbers: Any, **spool_options: Any) -> Spool:
         spool.append("POST", MODEL, [eid(i)], [len(data)], data)
     spool.close()
     return spool
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without FIDDLER_* variables, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
+    env.update(variables)
+    return env
+
+
+def replay_command(spool_dir: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fiddler_trace", "spool", "replay", "--dir", spool_dir, *extra]
 
 
 def replay(server: FaultServer, spool_dir: str) -> Pipeline:
@@ -189,9 +200,8 @@ def test_the_backlog_of_an_outage_goes_to_disk_not_dropped(spool_dir):
 def test_two_processes_replaying_one_directory_send_each_event_once(server, spool_dir):
     """Two replayers on one spool directory never send the same segment."""
     assert len(spool_events(spool_dir, range(40), segment_bytes=400).segments()) > 4
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
-    env.update(FIDDLER_URL=server.url, FIDDLER_TOKEN="t")
-    command = [sys.executable, "-m", "fiddler_trace", "spool", "replay", "--dir", spool_dir]
+    env = clean_env(FIDDLER_URL=server.url, FIDDLER_TOKEN="t")
+    command = replay_command(spool_dir)
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=60)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
@@ -225,20 +235,9 @@ def test_spool_command_lists_and_purges(spool_dir):
 def test_spool_replay_command_reports_progress(server, spool_dir):
     """spool replay sends everything and says how much."""
     spool_events(spool_dir, [1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
-    env.update(FIDDLER_TOKEN="t")
+    env = clean_env(FIDDLER_TOKEN="t")
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fiddler_trace",
-            "spool",
-            "replay",
-            "--dir",
-            spool_dir,
-            "--url",
-            server.url,
-        ],
+        replay_command(spool_dir, "--url", server.url),
         env=env,
         capture_output=True,
         text=True,
@@ -313,22 +312,11 @@ def test_spool_replay_shows_progress_on_a_terminal(server, spool_dir):
     import pty
 
     spool_events(spool_dir, range(3))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIDDLER_")}
-    env.update(FIDDLER_TOKEN="t")
+    env = clean_env(FIDDLER_TOKEN="t")
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fiddler_trace",
-                "spool",
-                "replay",
-                "--dir",
-                spool_dir,
-                "--url",
-                server.url,
-            ],
+            replay_command(spool_dir, "--url", server.url),
             env=env,
             stdout=follower,
             stderr=subprocess.PIPE,
