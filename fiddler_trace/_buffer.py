@@ -22,11 +22,14 @@ from typing import Any, Callable, Optional, Union
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import format_event_id, id_text
 
-__all__ = ["PATCH", "POST", "Batch", "BatchBuffer", "Item"]
+__all__ = ["PATCH", "POST", "Batch", "BatchBuffer", "Item", "Refusal"]
 
 POST = "POST"
 PATCH = "PATCH"
-Item = Union[Event, Update]
+#: A publish (an :class:`Event` or a plain tuple of its fields) or an update.
+Item = Union[Event, tuple, Update]
+#: An item too large to send: ``(model_id, event_id, method, seq, reason)``.
+Refusal = tuple[str, str, str, int, str]
 Encoder = Callable[[dict[str, Any]], bytes]
 
 
@@ -183,10 +186,10 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
-            if type(item) is Event and len(self.dropped_ids) < self.max_events:
+            if not isinstance(item, Update) and len(self.dropped_ids) < self.max_events:
                 # So that a later update of this event is dropped too, not sent for an event
                 # the server never got. A dict set is atomic; the worker moves these on.
-                self.dropped_ids[hash((item.model_id, id_text(item.event_id)))] = True
+                self.dropped_ids[hash((item[0], id_text(item[1])))] = True
             return False
         queue.append(item)
         next(self.accepted)
@@ -202,13 +205,14 @@ class BatchBuffer:
 
     # -- worker side: the worker thread only ---------------------------------------------------
 
-    def drain(self, now: float) -> list[tuple[Item, int, str]]:
-        """Move queued items into batches. Returns (item, seq, reason) for items refused."""
+    def drain(self, now: float) -> list[Refusal]:
+        """Move queued items into batches. Returns the items refused, as
+        ``(model_id, event_id, method, seq, reason)``."""
         # This runs once per event, with the GIL the callers need: what it reads is a local,
         # the batch of the previous event is reused while the key stays the same, and
         # publish_row is inlined with one timestamp string per millisecond (a burst of events
         # shares most of them).
-        refused: list[tuple[Item, int, str]] = []
+        refused: list[Refusal] = []
         pending, encode, popleft = self.pending, self._encode, self.queue.popleft
         max_bytes, batch_size = self.max_batch_bytes, self.batch_size
         seq = self.drained  # the next item's sequence number
@@ -222,32 +226,35 @@ class BatchBuffer:
                 except IndexError:
                     break
                 seq += 1
-                if type(item) is Event:
-                    method, row = POST, item.columns
-                    event_id = item.event_id
+                if not isinstance(
+                    item, Update
+                ):  # a publish: an Event or a plain tuple of its fields
+                    model_id, event_id, timestamp, row, id_column, ts_column = item
+                    method = POST
                     if type(event_id) is int:
                         event_id = format_event_id(event_id)
-                    row[item.id_column] = event_id
-                    if int(item.timestamp * 1000.0) != millis:
-                        millis = int(item.timestamp * 1000.0)
-                        stamp = format_timestamp(item.timestamp)
-                    row[item.ts_column] = stamp
+                    row[id_column] = event_id
+                    if int(timestamp * 1000.0) != millis:
+                        millis = int(timestamp * 1000.0)
+                        stamp = format_timestamp(timestamp)
+                    row[ts_column] = stamp
                 else:
-                    method, row = PATCH, update_row(item)  # type: ignore[arg-type]
-                    event_id = item.event_id
+                    method, row = PATCH, update_row(item)
+                    model_id, event_id = item.model_id, item.event_id
                 encoded = encode(row)
                 if len(encoded) >= max_bytes:
-                    item.event_id = event_id  # the string, for whoever handles the refusal
-                    refused.append((item, seq - 1, self._too_large(row, len(encoded))))
+                    refused.append(
+                        (model_id, event_id, method, seq - 1, self._too_large(row, len(encoded)))
+                    )
                     continue
-                if key is None or key[1] != item.model_id or key[0] != method:
-                    key = (method, item.model_id)
+                if key is None or key[1] != model_id or key[0] != method:
+                    key = (method, model_id)
                     batch = pending.get(key)
                 if batch is not None and len(batch.data) + len(encoded) >= max_bytes:
                     self._seal(key)
                     batch = None
                 if batch is None:
-                    batch = pending[key] = Batch(method, item.model_id, now)
+                    batch = pending[key] = Batch(method, model_id, now)
                     self.open.add(batch)
                 batch.add(event_id, encoded, seq - 1)  # type: ignore[arg-type]
                 self.outstanding += 1  # at once: producers read it to bound the memory held

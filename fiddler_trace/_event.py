@@ -9,36 +9,28 @@ or in the testing sink.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NamedTuple
 
-from fiddler_trace._ids import EventId, format_event_id, id_text
+from fiddler_trace._ids import EventId, format_event_id
 
 __all__ = ["Event", "Update", "format_timestamp", "publish_row", "update_row"]
 
 
-class Event:
-    """One captured prediction, for ``POST /v3/events``."""
+class Event(NamedTuple):
+    """One captured prediction, for ``POST /v3/events``.
 
-    __slots__ = ("columns", "event_id", "id_column", "model_id", "timestamp", "ts_column")
+    The hot paths hand the pipeline a plain tuple of these six fields in this order (building
+    one is a single opcode, where an instance of any class costs a Python ``__init__``); code
+    that reads items unpacks them and accepts either. Everything that is not an :class:`Update`
+    is a publish.
+    """
 
-    def __init__(
-        self,
-        model_id: str,
-        event_id: EventId,
-        timestamp: float,
-        columns: dict[str, Any],
-        id_column: str = "event_id",
-        ts_column: str = "timestamp",
-    ) -> None:
-        self.model_id = model_id
-        self.event_id = event_id  # the int of a drawn UUID4 is formatted when the row is built
-        self.timestamp = timestamp  # seconds since the epoch, as time.time() gives
-        self.columns = columns  # owned by the event: the worker completes it into the row
-        self.id_column = id_column
-        self.ts_column = ts_column
-
-    def __repr__(self) -> str:
-        return f"Event(model_id={self.model_id!r}, event_id={id_text(self.event_id)!r})"
+    model_id: str
+    event_id: EventId  # the int of a drawn UUID4 is formatted when the row is built
+    timestamp: float  # seconds since the epoch, as time.time() gives
+    columns: dict[str, Any]  # owned by the event: the worker completes it into the row
+    id_column: str = "event_id"
+    ts_column: str = "timestamp"
 
 
 class Update:
@@ -78,18 +70,18 @@ def format_timestamp(seconds: float) -> str:
     return f"{prefix}.{ms:03d}Z"
 
 
-def publish_row(event: Event) -> dict[str, Any]:
-    """The event as the flat row Fiddler stores: columns, then the id and timestamp columns.
+def publish_row(event: tuple) -> dict[str, Any]:
+    """The event (an :class:`Event` or a plain tuple of its fields) as the flat row Fiddler
+    stores: columns, then the id and timestamp columns.
 
     The id and timestamp columns win over a captured column of the same name: they are the key
     Fiddler matches updates and time ranges on. The row is the event's own ``columns`` dict,
     completed in place: capture builds that dict for this event alone, and a copy per event
     would be the worker's largest cost after encoding.
     """
-    row = event.columns
-    event_id = event.event_id
-    row[event.id_column] = format_event_id(event_id) if type(event_id) is int else event_id
-    row[event.ts_column] = format_timestamp(event.timestamp)
+    _, event_id, timestamp, row, id_column, ts_column = event
+    row[id_column] = format_event_id(event_id) if type(event_id) is int else event_id
+    row[ts_column] = format_timestamp(timestamp)
     return row
 
 

@@ -14,11 +14,9 @@ import time
 from typing import Callable, Optional
 
 from fiddler_trace import _retry
-from fiddler_trace._buffer import POST, Batch, BatchBuffer, Item
+from fiddler_trace._buffer import POST, Batch, BatchBuffer
 from fiddler_trace._clock import Clock
 from fiddler_trace._errors import FiddlerAPIError
-from fiddler_trace._event import Event
-from fiddler_trace._ids import id_text
 from fiddler_trace._retry import Outcome
 from fiddler_trace._spooler import ReplayMark, Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -134,8 +132,8 @@ class BatchWorker:
         is due (0 for at once, None when idle)."""
         buffer = self.buffer
         now = self.clock()
-        for item, seq, reason in buffer.drain(now):
-            self._refuse(item, seq, reason)
+        for model_id, event_id, method, seq, reason in buffer.drain(now):
+            self._refuse(model_id, event_id, method, seq, reason)
         buffer.seal_due(now, force=self._force or self.stopping)
         self._release_updates()
         self._warn_drops()
@@ -382,15 +380,15 @@ class BatchWorker:
                 "publish of their event failed",
             )
 
-    def _refuse(self, item: Item, seq: int, reason: str) -> None:
+    def _refuse(self, model_id: str, event_id: str, method: str, seq: int, reason: str) -> None:
         self.stats.failed += 1
         self.stats.last_error = f"an event was dropped: {reason}"
         self._failed([seq])
-        if isinstance(item, Event):
-            self.buffer.forget(item.model_id, id_text(item.event_id))
+        if method == POST:
+            self.buffer.forget(model_id, event_id)
         self._warn(
-            f"refused:{item.model_id}",
-            f"fiddler_trace: an event for model {item.model_id} was dropped: {reason}",
+            f"refused:{model_id}",
+            f"fiddler_trace: an event for model {model_id} was dropped: {reason}",
         )
 
     def _warn_drops(self) -> None:

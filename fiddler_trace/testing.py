@@ -59,16 +59,16 @@ class CapturedEvents(list):  # type: ignore[type-arg]
         with self._lock:
             return [row for row, model in zip(self, self.models) if model == model_id]
 
-    def keep(self, item: Union[Event, Update]) -> bool:
+    def keep(self, item: Union[Event, tuple, Update]) -> bool:
         """Store the row of an event or an update: the sink :func:`capture` installs.
 
         Called by the library, not by tests. Thread-safe; always returns True (kept).
         """
-        if isinstance(item, Event):
+        if not isinstance(item, Update):  # a publish: an Event or a plain tuple of its fields
             row = publish_row(item)
             with self._lock:
                 self.append(row)
-                self.models.append(item.model_id)
+                self.models.append(item[0])
         else:
             row = update_row(item)
             with self._lock:
