@@ -13,12 +13,12 @@ from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._event import Update
 from fiddler_trace._ids import (
-    CURRENT,
     RECENT,
     current_event_id,
     id_text,
     last_event_id,
     last_event_ids,
+    running_id,
 )
 from fiddler_trace._wire import MAX_DELETE_IDS, Job, check_model_id
 
@@ -97,7 +97,7 @@ def update(
     settings = _pipeline.settings()  # first use in a process that only sends ground truth
     if not _pipeline.capturing:
         return
-    running = CURRENT.get()
+    running = running_id()
     if running is not None and id_text(running) == event_id:
         # Inside the monitored call of this very event: its event is submitted when the call
         # returns, and this update must not overtake it.
@@ -105,11 +105,9 @@ def update(
         if changes is not None:
             DEFERRED.setdefault(running, []).append((changes, model_id, event_id_column))
         return
-    if settings is not RECENT.sized_for:
-        RECENT.resize(settings.update_cache_size, settings.update_cache_ttl, settings)
     known = RECENT.get(event_id)
     if known is not None:
-        known_model, known_column, _ = known
+        known_model, known_column = known
         if known_model is None:
             return  # sampled out: there is no event to update
         model_id = model_id or known_model

@@ -23,7 +23,7 @@ from fiddler_trace import _otel, _pipeline
 from fiddler_trace._capture import apply_redact, describe, remember, report
 from fiddler_trace._config import Settings
 from fiddler_trace._event import Event
-from fiddler_trace._ids import CURRENT, LAST, draw, new_event_id
+from fiddler_trace._ids import LAST, draw, enter_task, leave_task, new_event_id
 from fiddler_trace._inputs import CallPlan, Names
 from fiddler_trace._stats import Stats
 
@@ -230,8 +230,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return wrapped(*args, **kwargs)
-        previous = CURRENT.get()
-        CURRENT.set(None)  # rows get their ids after the call
+        previous = enter_task(None)  # rows get their ids after the call
         try:
             result = wrapped(*args, **kwargs)
         except Exception:
@@ -239,7 +238,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
             LAST.set(None)
             raise
         finally:
-            CURRENT.set(previous)
+            leave_task(previous)
         LAST.set(finish(state, result))
         return result
 
@@ -247,8 +246,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = CURRENT.get()
-        CURRENT.set(None)
+        previous = enter_task(None)
         try:
             result = await wrapped(*args, **kwargs)
         except Exception:
@@ -256,7 +254,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
             LAST.set(None)
             raise
         finally:
-            CURRENT.set(previous)
+            leave_task(previous)
         LAST.set(finish(state, result))
         return result
 

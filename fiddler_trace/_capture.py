@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -21,7 +20,7 @@ from fiddler_trace import _ids, _otel, _pipeline
 from fiddler_trace._clock import monotonic
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
-from fiddler_trace._event import Event, Update
+from fiddler_trace._event import Update
 from fiddler_trace._ids import EventId, id_text
 
 __all__ = [
@@ -40,17 +39,6 @@ logger = logging.getLogger("fiddler_trace")
 Redactor = Callable[[dict[str, Any]], Any]
 #: Column names to drop, or a callable ``columns -> columns``; None: nothing to redact.
 Redact = Union[frozenset, Redactor, None]
-
-if hasattr(time, "clock_gettime") and hasattr(time, "CLOCK_MONOTONIC"):
-    # _clock.monotonic's clock, called directly: remember() runs on every captured call.
-    _gettime: Callable[[int], float] = time.clock_gettime
-    _MONOTONIC = time.CLOCK_MONOTONIC
-else:  # pragma: no cover - Windows
-
-    def _gettime(_: int) -> float:
-        return monotonic()
-
-    _MONOTONIC = 0
 
 _otel_context = _otel.get_context
 _REPORT_EVERY = 60.0  # seconds between two warnings of one kind
@@ -193,26 +181,18 @@ def remember(
     event_id: EventId,
     model_id: Optional[str],
     id_column: str,
-    settings: Settings,
+    settings: object = None,
     owner: Optional[int] = None,
 ) -> None:
     """Let ``update()`` find ``event_id`` without a ``model_id``; None marks a sampled-out call.
 
     ``owner``: ``RECENT.owner(model_id, id_column)`` if the caller keeps it (saves a lookup).
+    ``settings`` is not used (the registry is sized when settings are loaded).
     """
     recent = _ids.RECENT
-    times, owners = recent.current
-    times[event_id] = _gettime(_MONOTONIC)
-    owners[event_id] = recent.owner(model_id, id_column) if owner is None else owner
-    if len(times) >= recent.generation_size or settings is not recent.sized_for:
-        _rotate(settings)
-
-
-def _rotate(settings: Settings) -> None:
-    recent = _ids.RECENT
-    if settings is not recent.sized_for:
-        recent.resize(settings.update_cache_size, settings.update_cache_ttl, settings)
-    if len(recent.current[0]) >= recent.generation_size:
+    ids = recent.current
+    ids[event_id] = recent.owner(model_id, id_column) if owner is None else owner
+    if len(ids) >= recent.generation_size:
         recent.rotate()
 
 
@@ -229,7 +209,8 @@ def deliver(
 ) -> None:
     """Add the trace columns, redact, remember the id and submit the event.
 
-    ``owner`` is ``RECENT.owner(model_id, id_column)``, looked up once by the caller.
+    ``owner`` is ``RECENT.owner(model_id, id_column)``, looked up once by the caller. The
+    decorator's sync wrapper inlines this function: keep the two alike.
     May raise (a redactor, an OpenTelemetry SDK): the caller reports it.
     """
     # The empty-context check of add_trace_columns, inlined: most calls have no span.
@@ -238,14 +219,12 @@ def deliver(
         columns = apply_redact(columns, redact)
     if settings.redact is not None:
         columns = apply_redact(columns, settings.redact)
-    # remember(), inlined: this runs on every captured call.
     recent = _ids.RECENT
-    times, owners = recent.current
-    times[event_id] = _gettime(_MONOTONIC)
-    owners[event_id] = owner
-    if len(times) >= recent.generation_size or settings is not recent.sized_for:
-        _rotate(settings)
-    _pipeline.submit(Event(model_id, event_id, timestamp, columns, id_column, ts_column))
+    ids = recent.current
+    ids[event_id] = owner
+    if len(ids) >= recent.generation_size:
+        recent.rotate()
+    _pipeline.submit((model_id, event_id, timestamp, columns, id_column, ts_column))
     next(_pipeline.STATS.captured)
     if span is not None:
         _otel.tag(span, id_text(event_id))

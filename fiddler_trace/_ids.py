@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import uuid
+from threading import get_ident
 from typing import Optional, Union
 
 from fiddler_trace._clock import monotonic
@@ -30,21 +31,24 @@ __all__ = [
     "KEEP_BITS",
     "LAST",
     "RECENT",
+    "RUNNING",
     "V4_BITS",
     "EventId",
-    "Generation",
     "RecentIds",
     "after_fork",
     "current_event_id",
     "draw",
+    "enter_task",
     "format_event_id",
     "getrandbits",
     "id_text",
     "last_event_id",
     "last_event_ids",
+    "leave_task",
     "new_event_bits",
     "new_event_id",
     "reset",
+    "running_id",
     "seed",
 ]
 
@@ -52,6 +56,8 @@ __all__ = [
 EventId = Union[str, int]
 
 _rng = random.Random()
+#: The pid the random source was seeded in: a child forked without the fork hooks differs.
+seeded_in = os.getpid()
 #: ``getrandbits(128) & KEEP_BITS | V4_BITS`` is a new id: the hot path inlines it. The bound
 #: method stays valid across :func:`seed` and the fork hook, which reseed ``_rng`` in place.
 getrandbits = _rng.getrandbits
@@ -90,12 +96,21 @@ def id_text(event_id: EventId) -> str:
 def seed(value: Optional[int] = None) -> None:
     """Reseed the id and sampling source: a fixed ``value`` makes sampling reproducible in tests;
     None draws a fresh seed from ``os.urandom``."""
+    global seeded_in
     _rng.seed(value)
+    seeded_in = os.getpid()
 
 
-#: The event id of the monitored call running now in this context.
-CURRENT: contextvars.ContextVar[Optional[EventId]] = contextvars.ContextVar(
-    "fiddler_trace_current_event_id", default=None
+#: The event id of the innermost sync monitored call running on each thread, by thread ident.
+#: A sync call cannot be suspended, so while it runs no other task of its thread runs: a dict
+#: entry is as private as a context variable, at a third of the cost of setting and resetting
+#: one (the hot path does it on every call).
+RUNNING: dict[int, EventId] = {}
+#: For async and ``batch=True`` calls, which can be suspended: ``(event id or None for a batch
+#: call, the thread's RUNNING entry when the call began)``. The second item orders the two:
+#: see :func:`running_id`.
+CURRENT: contextvars.ContextVar[Optional[tuple[Optional[EventId], Optional[EventId]]]] = (
+    contextvars.ContextVar("fiddler_trace_current_event_id", default=None)
 )
 #: The id of the last finished monitored call in this context, or a tuple for a batch call.
 LAST: contextvars.ContextVar[Union[EventId, tuple[str, ...], None]] = contextvars.ContextVar(
@@ -110,8 +125,36 @@ def current_event_id() -> Optional[str]:
     so the function can hand it on (e.g. in a response header). None outside a monitored call,
     when capture is off, and inside a ``batch=True`` call (its rows get their ids afterwards).
     """
-    current = CURRENT.get()
+    current = running_id()
     return None if current is None else id_text(current)
+
+
+def running_id() -> Optional[EventId]:
+    """The id of the innermost monitored call running in this thread or task (None in a
+    ``batch=True`` call)."""
+    sync = RUNNING.get(get_ident())
+    task = CURRENT.get()
+    if task is None:
+        return sync
+    # The task's call is the inner one when it began inside this sync call (an event loop run
+    # from a sync monitored function), or when no sync call runs.
+    if sync is None or task[1] is sync:
+        return task[0]
+    return sync
+
+
+def enter_task(event_id: Optional[EventId]) -> object:
+    """Mark an async or ``batch=True`` call as running in this context; returns what
+    :func:`leave_task` restores."""
+    previous = CURRENT.get()
+    CURRENT.set((event_id, RUNNING.get(get_ident())))
+    return previous
+
+
+def leave_task(previous: object) -> None:
+    """Undo :func:`enter_task` (by value, not by token: a coroutine may be driven from more than
+    one context)."""
+    CURRENT.set(previous)  # type: ignore[arg-type]
 
 
 def last_event_id() -> Optional[str]:
@@ -141,39 +184,38 @@ def last_event_ids() -> list[str]:
     return [id_text(last)]
 
 
-#: One generation of :class:`RecentIds`: id -> monotonic capture time, id -> owner.
-Generation = tuple[dict[EventId, float], dict[EventId, int]]
-
-
 class RecentIds:
-    """Ids captured by this process -> ``(model_id, id_column, monotonic time of capture)``.
+    """Ids captured by this process -> ``(model_id, id_column)``, for ``update()``.
 
-    A generation is two dicts keyed by id: the capture time (a float) and the owner (a small
-    int standing for the ``(model_id, id_column)`` pair, from :meth:`owner`). The garbage
-    collector tracks neither floats nor ints, hence neither dict: with a tuple per id, every
-    full collection walked all remembered ids, which cost ~0.7 µs per captured event at
-    100,000 ids. The hot path only does two dict sets and a length check: atomic under the
-    GIL and ~0.1 µs, where a ``cachetools.TTLCache`` insert costs ~2 µs.
+    The hot path writes one entry: ``RECENT.current[event_id] = owner``, where the owner is a
+    small int standing for the ``(model_id, id_column)`` pair (from :meth:`owner`), then checks
+    the generation's length. Keys are ints (drawn ids) or strings (ids the caller supplied), values
+    small ints: the garbage collector tracks neither, hence not the dict, so holding 100,000 ids
+    costs a full collection nothing. A ``model_id`` of None marks an id whose call was sampled
+    out.
 
     Memory stays bounded by keeping ids in ``GENERATIONS`` generations: when the newest holds
-    ``max_ids / GENERATIONS`` ids the oldest is dropped whole. So ``update()`` knows at least
-    the last ``max_ids * (GENERATIONS - 1) / GENERATIONS`` ids and never more than ``max_ids``;
-    an id older than ``ttl`` seconds is unknown. The age is measured on the unfreezable
-    monotonic clock, so a test that freezes time while capturing can still update afterwards.
-    A ``model_id`` of None marks an id whose call was sampled out.
+    ``max_ids / GENERATIONS`` ids it is closed and the oldest dropped whole. So ``update()``
+    knows at least the last ``max_ids * (GENERATIONS - 1) / GENERATIONS`` ids and never more
+    than ``max_ids``.
+
+    Age is kept per generation, not per id (a clock read per captured call would be half the
+    cost of remembering it): a closed generation's ids are forgotten ``ttl`` seconds after it
+    was closed, and the open one's are kept. So an id is known for at least ``ttl`` seconds
+    after its capture, and longer when traffic is low. The clock is the unfreezable monotonic
+    one, so a test that freezes time while capturing can still update afterwards.
     """
 
     GENERATIONS = 4
 
     def __init__(self, max_ids: int, ttl: float) -> None:
-        #: The newest generation; replaced whole (one read gives both dicts of one generation).
-        self.current: Generation = ({}, {})
-        self.older: tuple[Generation, ...] = ()
+        #: The open generation: event id -> owner. Replaced whole when it is closed.
+        self.current: dict[EventId, int] = {}
+        #: Closed generations, newest first, with the time each was closed.
+        self.older: tuple[tuple[dict[EventId, int], float], ...] = ()
         self.max_ids = max_ids
         self.ttl = ttl
         self.generation_size = max(1, max_ids // self.GENERATIONS)
-        #: The settings object the limits were taken from (compared by identity).
-        self.sized_for: object = None
         self._lock = threading.Lock()
         self._owners: list[tuple[Optional[str], str]] = []  # kept by clear(): callers hold them
         self._owner_of: dict[tuple[Optional[str], str], int] = {}
@@ -190,52 +232,50 @@ class RecentIds:
                     self._owners.append(key)
         return index
 
-    def resize(self, max_ids: int, ttl: float, settings: object = None) -> None:
-        """Apply new limits (after ``init()``); a smaller size applies at the next rotation."""
+    def resize(self, max_ids: int, ttl: float) -> None:
+        """Apply new limits (``init()``); a smaller size applies at the next rotation."""
         self.max_ids, self.ttl = max_ids, ttl
         self.generation_size = max(1, max_ids // self.GENERATIONS)
-        self.sized_for = settings
 
     def rotate(self) -> None:
-        """Start a new generation, dropping the oldest. Cheap; called when the newest is full."""
+        """Close the open generation if it is full, dropping the oldest.
+
+        Cheap; called by the hot path when the open generation is full.
+        """
         # Non-blocking: a thread that finds another one rotating just goes on (no hot-path wait).
         if not self._lock.acquire(blocking=False):
             return
         try:
-            if len(self.current[0]) < self.generation_size:
+            if len(self.current) < self.generation_size:
                 return
-            self.older = (self.current, *self.older)[: self.GENERATIONS - 1]
-            self.current = ({}, {})
+            self.older = ((self.current, monotonic()), *self.older)[: self.GENERATIONS - 1]
+            self.current = {}
         finally:
             self._lock.release()
 
-    def get(self, event_id: str) -> Optional[tuple[Optional[str], str, float]]:
-        """The entry for ``event_id``, or None when unknown or older than ``ttl``."""
-        entry = self._find(event_id)
-        if entry is None:  # an id this library drew is remembered by its int
-            bits = _uuid_int(event_id)
-            entry = None if bits is None else self._find(bits)
-        if entry is None or monotonic() - entry[2] > self.ttl:
-            return None
-        return entry
-
-    def _find(self, key: EventId) -> Optional[tuple[Optional[str], str, float]]:
-        for times, owners in (self.current, *self.older):
-            captured = times.get(key)
-            owner = owners.get(key)
-            if captured is not None and owner is not None:
-                model_id, id_column = self._owners[owner]
-                return model_id, id_column, captured
+    def get(self, event_id: str) -> Optional[tuple[Optional[str], str]]:
+        """``(model_id, id_column)`` of ``event_id``; None when unknown or expired."""
+        now = monotonic()
+        bits = None
+        for generation, closed in ((self.current, now), *self.older):
+            if now - closed > self.ttl:
+                break  # this one and every older one expired
+            owner = generation.get(event_id)
+            if owner is None:  # an id this library drew is remembered by its int
+                if bits is None:
+                    bits = _uuid_int(event_id) or 0
+                owner = generation.get(bits) if bits else None
+            if owner is not None:
+                return self._owners[owner]
         return None
 
     def __len__(self) -> int:
-        return sum(len(times) for times, _ in (self.current, *self.older))
+        return len(self.current) + sum(len(generation) for generation, _ in self.older)
 
     def clear(self) -> None:
         """Forget every id."""
-        self.current = ({}, {})
+        self.current = {}
         self.older = ()
-        self.sized_for = None
 
     def after_fork(self) -> None:
         """A fork can copy the lock in the held state; the child needs a fresh one."""
@@ -256,15 +296,16 @@ RECENT = RecentIds(100_000, 24 * 3600.0)
 def reset() -> None:
     """Forget remembered ids, clear this context's current/last ids and reseed the random
     source from ``os.urandom`` (undoing a test's :func:`seed`). For ``testing.reset``."""
-    _rng.seed()
+    seed()
     RECENT.clear()
+    RUNNING.clear()
     CURRENT.set(None)
     LAST.set(None)
 
 
 def after_fork() -> None:
     """In a forked child: a random source of its own, and none of the parent's ids."""
-    _rng.seed()
+    seed()
     RECENT.after_fork()
 
 

@@ -120,6 +120,22 @@ class CallPlan:
                 return kwargs[name]
         return None
 
+    def display_names(
+        self, inputs: Names
+    ) -> tuple[Optional[tuple[str, ...]], Optional[tuple[str, ...]]]:
+        """The parameter names of a call that gives every parameter by position, for columns
+        written as a dict display: ``(free, bound)``, for a call of the function itself and for
+        one through an instance or class (``self``/``cls`` taken off). None where the input
+        builder must run: ``inputs=`` given, one mapping parameter to expand, keyword-only
+        parameters, or no signature.
+        """
+        if inputs is not None or self.single is not None:
+            return None, None
+        if not self.introspected or self.keyword_only:
+            return None, None
+        names = self.positional
+        return (None if self.first_bound else names), names[1:]
+
     def input_builder(self, inputs: Names) -> InputBuilder:
         """The ``(instance, args, kwargs) -> columns`` function for this plan and ``inputs=``."""
         if callable(inputs):

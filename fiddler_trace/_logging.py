@@ -14,22 +14,24 @@ redactor that logs, say) are skipped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from fiddler_trace import _pipeline
+from fiddler_trace import _ids, _otel, _pipeline
 from fiddler_trace._capture import (
+    apply_redact,
     check_column,
     check_model_id,
     check_redact,
     check_sample_rate,
-    deliver,
     describe,
     remember,
     report,
 )
-from fiddler_trace._ids import RECENT, EventId, draw, new_event_bits
+from fiddler_trace._config import Settings
+from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, EventId, draw, getrandbits, id_text
 from fiddler_trace._worker import THREAD_NAME
 
 __all__ = ["MODEL_ID_FIELD", "FiddlerHandler"]
@@ -38,7 +40,44 @@ __all__ = ["MODEL_ID_FIELD", "FiddlerHandler"]
 MODEL_ID_FIELD = "fiddler_model_id"
 _SKIPPED_LOGGERS = frozenset({"httpx", "httpcore", "fiddler_trace"})
 _MAX_MODEL_IDS = 1024  # validated record model ids kept; cleared past that (ids are few)
-_guard = threading.local()
+_MAX_LOGGER_NAMES = 4096  # logger names whose verdict is kept; cleared past that
+_get_ident = threading.get_ident
+_current_thread = threading.current_thread
+_otel_context = _otel.get_context
+
+#: Logger name -> whether its records are the library's own traffic. A dict lookup per record
+#: where splitting the name costs a tuple and two strings.
+_skipped_names: dict[Any, bool] = {}
+#: Idents of the threads capturing a record in a way that may run the host's code (a redactor,
+#: a ``Mapping``'s methods, an OpenTelemetry SDK): what that code logs is skipped. Usually
+#: empty, so the plain record pays one truth test, not a thread-local read and two writes.
+_busy: set[int] = set()
+#: The handler's attributes its plan (see FiddlerHandler._make_plan) is derived from.
+_PLANNED = frozenset({"model_id", "event_id_column", "timestamp_column", "redact", "sample_rate"})
+#: settings, model_id, id column, timestamp column, sample rate, column names to drop, owner of
+#: the ids (RECENT.owner; None with no model_id) and whether no redactor needs calling.
+_Plan = tuple[Settings, str, str, str, float, Optional[frozenset], Optional[int], bool]
+_NOT_A_DICT = object()  # stands for the id of a field that is not a dict: never a plain record
+
+
+def _skipped_name(name: Any) -> bool:
+    skipped = type(name) is str and name.partition(".")[0] in _SKIPPED_LOGGERS
+    try:
+        if len(_skipped_names) >= _MAX_LOGGER_NAMES:
+            _skipped_names.clear()
+        _skipped_names[name] = skipped
+    except TypeError:  # an unhashable name on a hand-made record: decided, not kept
+        pass
+    return skipped
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread lives on; another thread of the child may get a dead one's ident.
+    _busy.intersection_update({_get_ident()})
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class FiddlerHandler(logging.Handler):
@@ -67,9 +106,10 @@ class FiddlerHandler(logging.Handler):
     Thread-safe without the handler lock (it takes no lock of its own). It never raises into the
     logging call and never calls ``handleError``: a record it cannot capture (the field is not a
     mapping, no or a bad model id, a failing redactor) is counted in
-    ``stats()["capture_errors"]`` and
-    reported in a warning at most once a minute. :meth:`flush` returns at once; delivery is the
-    background pipeline's, flushed at exit within ``exit_timeout``.
+    ``stats()["capture_errors"]`` and reported in a warning at most once a minute. :meth:`flush`
+    returns at once; delivery is the background pipeline's, flushed at exit within
+    ``exit_timeout``. The arguments are kept as attributes of the same names; setting one later
+    applies from the next record.
     """
 
     def __init__(
@@ -83,6 +123,9 @@ class FiddlerHandler(logging.Handler):
         sample_rate: Optional[float] = None,
         level: int = logging.NOTSET,
     ) -> None:
+        self._plan: Optional[_Plan] = None
+        self._model_ids: dict[Any, str] = {}
+        self._owners: dict[str, int] = {}  # model id -> RECENT.owner(model id, id column)
         super().__init__(level)
         self.model_id = (
             None if model_id is None else check_model_id("FiddlerHandler(model_id=...)", model_id)
@@ -94,75 +137,197 @@ class FiddlerHandler(logging.Handler):
         )
         self.redact = check_redact("FiddlerHandler(redact=...)", redact)
         self.sample_rate = check_sample_rate("FiddlerHandler(sample_rate=...)", sample_rate)
-        self._model_ids: dict[Any, str] = {}
-        self._owners: dict[str, int] = {}  # model id -> RECENT.owner(model id, id column)
         _pipeline.settings()  # a bad FIDDLER_* variable fails here, at configuration time
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # handle() captures without calling emit() (a call saved per record): a subclass that
+        # overrides emit() gets logging's usual handle() -> emit(), still without the lock.
+        if cls.emit is not FiddlerHandler.emit and cls.handle is FiddlerHandler.handle:
+            cls.handle = FiddlerHandler._handle_with_emit  # type: ignore[method-assign]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _PLANNED:  # the plan is derived from these: rebuild it at the next record
+            object.__setattr__(self, "_plan", None)
+            if name == "event_id_column":
+                self._owners.clear()
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
         return f"<FiddlerHandler model_id={self.model_id!r} field={self.event_field!r} ({level})>"
 
-    def handle(self, record: logging.LogRecord) -> bool:
-        """Filter and emit without the handler lock: :meth:`emit` is thread-safe on its own."""
-        accepted = self.filter(record) if self.filters else True  # usually none: skip the call
+    def emit(self, record: logging.LogRecord) -> None:
+        """Capture ``record`` if it carries a mapping in ``event_field``; never raises.
+
+        The handler's filters are not applied (:meth:`handle` applies them).
+        """
+        FiddlerHandler.handle(self, record, apply_filters=False)  # not a subclass's handle()
+
+    def _handle_with_emit(self, record: logging.LogRecord, apply_filters: bool = True) -> bool:
+        """:meth:`handle` of a subclass that overrides :meth:`emit`: filters, then its emit."""
+        accepted = self.filter(record) if apply_filters and self.filters else True
         if accepted:
             if isinstance(accepted, logging.LogRecord):  # 3.12+: a filter may swap the record
                 record = accepted
             self.emit(record)
         return bool(accepted)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        """Capture ``record`` if it carries a mapping in ``event_field``; never raises."""
-        fields = record.__dict__.get(self.event_field)
-        if fields is None or not _pipeline.capturing:
-            return
-        thread_name = record.threadName or threading.current_thread().name
-        name = record.name if type(record.name) is str else ""  # a hand-made record may lack it
-        if name.partition(".")[0] in _SKIPPED_LOGGERS or thread_name == THREAD_NAME:
-            return
-        guard = _guard
-        if getattr(guard, "active", False):
-            return
-        guard.active = True
-        try:
-            self._capture(record, fields)
-        except Exception as error:
-            report(
-                f"handler:{record.name}",
-                f"FiddlerHandler could not capture a record of logger {record.name!r}: "
-                f"{describe(error)}",
-            )
-        finally:
-            guard.active = False
+    def handle(self, record: logging.LogRecord, apply_filters: bool = True) -> bool:
+        """Filter ``record`` and capture it if it carries a mapping in ``event_field``.
 
-    def _capture(self, record: logging.LogRecord, fields: Any) -> None:
-        # The ABC check costs more than the rest of this method: skip it for a dict.
-        if type(fields) is not dict and not isinstance(fields, Mapping):
-            raise TypeError(
-                f"its {self.event_field!r} attribute is a {type(fields).__name__}; accepted: a "
-                "mapping of columns"
-            )
-        model_id = self.model_id or self._record_model(record)
-        settings = _pipeline.settings()
-        columns = dict(fields)
-        given = columns.get(self.event_id_column)
-        # A drawn id stays an int until the row is built (see _ids).
-        event_id: EventId = new_event_bits() if given is None else str(given)
+        Unlike ``logging.Handler.handle`` it takes no lock (nothing here needs one) and captures
+        without calling :meth:`emit`. Never raises.
+
+        Returns:
+            Whether the record passed the filters, as ``logging.Handler.handle`` does.
+        """
+        if apply_filters and self.filters:  # usually none: skip the call
+            accepted = self.filter(record)
+            if not accepted:
+                return False
+            if isinstance(accepted, logging.LogRecord):  # 3.12+: a filter may swap the record
+                record = accepted
+        # This runs for every record that reaches the handler: no Python call that can be
+        # saved (each costs ~5% of the capture), and the record's attributes read as subscripts
+        # of the __dict__ it has anyway, which is cheaper than attribute loads on a record.
+        attrs = record.__dict__
+        fields = attrs.get(self.event_field)
+        if fields is None or not _pipeline.capturing:
+            return True
+        try:
+            if _busy and _get_ident() in _busy:
+                return True  # logged from inside a capture on this thread: a redactor, say
+            try:
+                skipped = _skipped_names[attrs["name"]]
+            except (KeyError, TypeError):
+                skipped = _skipped_name(record.name)
+            # threadName is None when logging.logThreads is off.
+            if skipped or (attrs["threadName"] or _current_thread().name) == THREAD_NAME:
+                return True
+            settings = _pipeline._settings or _pipeline.settings()
+            plan = self._plan
+            if plan is None or plan[0] is not settings:
+                plan = self._make_plan(settings)
+            _, model_id, id_column, ts_column, rate, names, owner, plain = plan
+            if owner is None:  # the handler has no model_id: the record names its model
+                model_id = self._record_model(record)
+                owner = self._owner(model_id)
+            given = fields.get(id_column) if type(fields) is dict else _NOT_A_DICT
+            if (
+                not plain  # a redactor to call
+                or (given is not None and type(given) is not str)  # str() of it, or no dict
+                or _otel_context()  # most records have no span: one context-variable read
+            ):
+                self._capture(record, fields, model_id, rate, settings)
+                return True
+            # Nothing below runs the host's code: no guard needed.
+            if rate < 1.0 and draw() >= rate:
+                if given is not None:  # update() of this id is then a silent no-op
+                    remember(given, None, id_column, settings)
+                next(_pipeline.STATS.sampled_out)
+                return True
+            if given is None:
+                if _pipeline._current is None:
+                    _pipeline.ready()  # a child forked without the fork hooks reseeds first
+                # A new UUID4 as its int: the worker formats it (see _ids).
+                event_id: EventId = getrandbits(128) & KEEP_BITS | V4_BITS
+            else:
+                event_id = given
+            columns = fields.copy()  # the event's own: the worker completes it into the row
+            if names is not None:
+                for name in names:
+                    columns.pop(name, None)
+            # _capture.remember, inlined.
+            recent = _ids.RECENT
+            remembered = recent.current
+            remembered[event_id] = owner
+            if len(remembered) >= recent.generation_size:
+                recent.rotate()
+            _pipeline.submit((model_id, event_id, attrs["created"], columns, id_column, ts_column))
+            next(_pipeline.STATS.captured)
+        except Exception as error:
+            self._report(record, error)
+        return True
+
+    def _make_plan(self, settings: Settings) -> _Plan:
+        """What capture needs of this handler under ``settings``, kept until either changes."""
         rate = settings.sample_rate if self.sample_rate is None else self.sample_rate
-        if rate < 1.0 and draw() >= rate:
-            remember(event_id, None, self.event_id_column, settings)
-            next(_pipeline.STATS.sampled_out)
-            return
-        deliver(
-            model_id,
-            event_id,
-            record.created,
-            columns,
+        own, common = self.redact, settings.redact
+        plain = not callable(own) and not callable(common)
+        dropped: frozenset = frozenset()
+        for redact in (own, common):
+            if isinstance(redact, frozenset):
+                dropped |= redact
+        names = dropped or None  # name lists of the handler and of init() drop the same way
+        model_id = self.model_id
+        owner = None if model_id is None else RECENT.owner(model_id, self.event_id_column)
+        plan = (
+            settings,
+            model_id or "",
             self.event_id_column,
             self.timestamp_column,
-            self.redact,
-            settings,
-            self._owner(model_id),
+            rate,
+            names,
+            owner,
+            plain,
+        )
+        object.__setattr__(self, "_plan", plan)
+        return plan
+
+    def _capture(
+        self,
+        record: logging.LogRecord,
+        fields: Any,
+        model_id: str,
+        rate: float,
+        settings: Settings,
+    ) -> None:
+        """Capture a record in the way that may run the host's code (a ``Mapping``'s methods,
+        an id's ``__str__``, a redactor, an OpenTelemetry SDK); may raise."""
+        ident = _get_ident()
+        _busy.add(ident)
+        try:
+            # The ABC check costs more than the rest of the capture: skip it for a dict.
+            if type(fields) is not dict and not isinstance(fields, Mapping):
+                raise TypeError(
+                    f"its {self.event_field!r} attribute is a {type(fields).__name__}; "
+                    "accepted: a mapping of columns"
+                )
+            id_column = self.event_id_column
+            columns = dict(fields)
+            given = columns.get(id_column)
+            if rate < 1.0 and draw() >= rate:
+                if given is not None:
+                    remember(str(given), None, id_column, settings)
+                next(_pipeline.STATS.sampled_out)
+                return
+            if given is None:
+                if _pipeline._current is None:
+                    _pipeline.ready()
+                event_id: EventId = getrandbits(128) & KEEP_BITS | V4_BITS
+            else:
+                event_id = str(given)
+            span = _otel.add_trace_columns(columns) if _otel_context() else None
+            if self.redact is not None:
+                columns = apply_redact(columns, self.redact)
+            if settings.redact is not None:
+                columns = apply_redact(columns, settings.redact)
+            remember(event_id, model_id, id_column, settings, self._owner(model_id))
+            _pipeline.submit(
+                (model_id, event_id, record.created, columns, id_column, self.timestamp_column)
+            )
+            next(_pipeline.STATS.captured)
+            if span is not None:
+                _otel.tag(span, id_text(event_id))
+        finally:
+            _busy.discard(ident)
+
+    def _report(self, record: logging.LogRecord, error: Exception) -> None:
+        name = getattr(record, "name", None)
+        report(
+            f"handler:{name}",
+            f"FiddlerHandler could not capture a record of logger {name!r}: {describe(error)}",
         )
 
     def _owner(self, model_id: str) -> int:

@@ -33,6 +33,7 @@ __all__ = [
     "current",
     "flush",
     "install_sink",
+    "ready",
     "reset",
     "settings",
     "shutdown",
@@ -242,6 +243,19 @@ _transport: Optional[httpx.BaseTransport] = None  # tests only
 
 #: Read on the hot path: capture is on (enabled, or a test sink is installed).
 capturing = False
+#: The same, as a list that is non-empty while capture is on: wrapt evaluates a non-callable
+#: ``enabled`` by its truth, in C, where a callable would cost a Python call on every call of
+#: every monitored function (see :func:`_set_capturing`).
+CAPTURING: list[bool] = []
+
+
+def _set_capturing(on: bool) -> None:
+    global capturing
+    capturing = on
+    if on and not CAPTURING:
+        CAPTURING.append(True)
+    elif not on:
+        CAPTURING.clear()
 
 
 def settings() -> Settings:
@@ -250,12 +264,14 @@ def settings() -> Settings:
     Raises:
         ConfigurationError: a ``FIDDLER_*`` variable is invalid.
     """
-    global _settings, capturing
+    global _settings
     if _settings is None:
         with _lock:
             if _settings is None:
-                _settings = load_settings()
-                capturing = _settings.enabled or _sink is not None
+                loaded = load_settings()
+                _ids.RECENT.resize(loaded.update_cache_size, loaded.update_cache_ttl)
+                _settings = loaded
+                _set_capturing(loaded.enabled or _sink is not None)
     return _settings
 
 
@@ -265,12 +281,13 @@ def configure(**overrides: Any) -> Settings:
     Raises:
         ConfigurationError: a value is invalid; nothing changes then.
     """
-    global _settings, capturing
+    global _settings
     new = load_settings(**overrides)
     with _lock:
         old_pipeline = _replace_pipeline(None)
+        _ids.RECENT.resize(new.update_cache_size, new.update_cache_ttl)
         _settings = new
-        capturing = new.enabled or _sink is not None
+        _set_capturing(new.enabled or _sink is not None)
     if old_pipeline is not None:
         old_pipeline.shutdown(new.exit_timeout)
     return new
@@ -291,11 +308,13 @@ def current() -> Optional[Pipeline]:
 def _start() -> Optional[Pipeline]:
     global _current
     with _lock:
-        if _current is not None and _current.pid == os.getpid():
+        pid = os.getpid()
+        if _current is not None and _current.pid == pid:
             return _current
-        if _current is not None:
+        if _current is not None or _ids.seeded_in != pid:
             # A fork that bypassed os.register_at_fork (uWSGI forks from C): do here what the
-            # hooks would have done, or this child would draw the parent's event ids.
+            # hooks would have done, or this child would draw its parent's (and its siblings')
+            # event ids.
             _after_fork_in_child()
             _ids.after_fork()
         active = settings()
@@ -305,13 +324,63 @@ def _start() -> Optional[Pipeline]:
         return _current
 
 
+def ready() -> bool:
+    """Make sure this process has its own pipeline (or the test sink) before a captured call
+    draws its id. Never raises.
+
+    Capture calls this when no pipeline exists and whenever the queue is empty as a call
+    starts (once per turn of the worker under load): a child forked without the fork hooks
+    (uWSGI forks from C) then replaces its parent's pipeline and reseeds its id source before
+    its first id, unless its parent had events queued at the fork; :func:`submit` catches that
+    case when a batch fills.
+    """
+    pipeline = _current
+    if pipeline is not None and pipeline.pid == os.getpid():
+        return True
+    if _sink is not None:
+        return True
+    try:
+        return _start() is not None
+    except Exception:  # e.g. no thread can start during interpreter shutdown
+        return False
+
+
 def submit(item: Item) -> bool:
-    """Hand an item to the sink or the pipeline: the hot path. Never raises."""
+    """Hand an item to the sink or the pipeline: the hot path. Never raises, never blocks.
+
+    An item is a publish (a plain tuple of :class:`~fiddler_trace._event.Event`'s fields) or an
+    :class:`~fiddler_trace._event.Update`.
+    """
     sink = _sink
     if sink is not None:
         return sink(item)
     pipeline = _current
-    # The pid check catches forks that bypass os.register_at_fork (uWSGI forks from C).
+    if pipeline is None or not pipeline.running:
+        return _submit_slowly(item)
+    # BatchBuffer.offer, inlined: this is every captured call.
+    buffer = pipeline.buffer
+    queue = buffer.queue
+    depth = len(queue)
+    if depth + buffer.outstanding >= buffer.max_events:
+        return _submit_slowly(item)
+    if depth == 0 or depth + 1 >= buffer.batch_size:
+        # The worker is woken when a batch starts (so its age counts from then) and when one
+        # fills. The pid is checked at those points only (a system call costs as much as the
+        # rest of this function): a child forked without the fork hooks, with its parent's
+        # pipeline, is caught at its first event or, at worst, when a batch fills.
+        if (depth == 0 or depth + 1 == buffer.batch_size) and pipeline.pid != os.getpid():
+            return _submit_slowly(item)
+        wake = buffer._wake
+        if not wake.is_set():
+            wake.set()
+    queue.append(item)
+    next(buffer.accepted)
+    return True
+
+
+def _submit_slowly(item: Item) -> bool:
+    """:func:`submit` when the pipeline is missing, stopped, not this process's, or full."""
+    pipeline = _current
     if pipeline is None or pipeline.pid != os.getpid():
         try:
             pipeline = _start()
@@ -321,8 +390,6 @@ def submit(item: Item) -> bool:
             if _exiting:
                 next(STATS.dropped)  # captured after the exit flush: lost, and said so
             return False
-    if pipeline.running:  # Pipeline.enqueue without its frame: this is every captured call
-        return pipeline.buffer.offer(item)
     try:
         return pipeline.enqueue(item)
     except RuntimeError:  # "can't start new thread"
@@ -332,10 +399,10 @@ def submit(item: Item) -> bool:
 
 def install_sink(sink: Optional[Sink]) -> Optional[Sink]:
     """Route items to ``sink`` instead of the network (``testing.capture``); returns the old."""
-    global _sink, capturing
+    global _sink
     with _lock:
         old, _sink = _sink, sink
-        capturing = sink is not None or (_settings is not None and _settings.enabled)
+        _set_capturing(sink is not None or (_settings is not None and _settings.enabled))
     return old
 
 
@@ -371,13 +438,13 @@ def stats() -> dict[str, Any]:
 
 def reset() -> None:
     """Forget all state: stop the pipeline without waiting, drop settings, counters and sink."""
-    global _settings, capturing, _sink, _exiting, STATS
+    global _settings, _sink, _exiting, STATS
     with _lock:
         pipeline = _replace_pipeline(None)
         _settings = None
         _sink = None
         _exiting = False
-        capturing = False
+        _set_capturing(False)
         STATS = Stats()
     if pipeline is not None:
         pipeline.shutdown(0.0)

@@ -21,7 +21,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -76,10 +76,10 @@ def _lock(handle: int) -> bool:
 
 
 def encode_record(
-    method: str, model_id: str, ids: list[str], ends: list[int], data: bytes
+    method: str, model_id: str, ids: list[str], ends: Sequence[int], data: bytes
 ) -> bytes:
     """A framed record."""
-    header = orjson.dumps({"method": method, "model_id": model_id, "ids": ids, "ends": ends})
+    header = orjson.dumps({"method": method, "model_id": model_id, "ids": ids, "ends": list(ends)})
     payload = _HEAD.pack(len(header)) + header + data
     return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
@@ -153,7 +153,7 @@ class Spool:
     # -- writing ---------------------------------------------------------------------------
 
     def append(
-        self, method: str, model_id: str, ids: list[str], ends: list[int], data: bytes
+        self, method: str, model_id: str, ids: list[str], ends: Sequence[int], data: bytes
     ) -> int:
         """Write one record; returns how many events of the oldest segments were evicted to
         make room."""

@@ -52,7 +52,7 @@ class Spooler:
         """Write the batch to disk; False if that failed (the caller counts it as failed)."""
         try:
             evicted = self.spool.append(
-                batch.method, batch.model_id, batch.ids, batch.ends, bytes(batch.data)
+                batch.method, batch.model_id, batch.event_ids(), batch.ends, bytes(batch.data)
             )
         except OSError as error:
             self.stats.last_error = f"spool: {error}"
@@ -108,9 +108,7 @@ class Spooler:
             else:
                 self.models.clear()  # everything of ours is delivered (or was evicted)
             return None
-        batch = Batch(record.method, record.model_id, 0.0)
-        batch.ids, batch.ends, batch.data = record.ids, record.ends, bytearray(record.data)
-        batch.seqs = [-1] * len(record.ids)
+        batch = Batch.replayed(record.method, record.model_id, record.ids, record.ends, record.data)
         mark = self.in_flight = ReplayMark(record)
         batch.origin = mark
         return batch

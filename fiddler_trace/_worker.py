@@ -102,11 +102,10 @@ class BatchWorker:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def _failed(self, seqs: list[int]) -> None:
-        """Flushes whose mark covers any of these items can no longer answer True."""
-        if not seqs:
+    def _failed(self, lowest: Optional[int]) -> None:
+        """Flushes whose mark covers items from ``lowest`` on can no longer answer True."""
+        if lowest is None:
             return
-        lowest = min(seqs)
         with self._lock:
             for waiter in self._waiters:
                 if lowest < waiter.mark:
@@ -146,7 +145,7 @@ class BatchWorker:
                 if not self._keep(batch):  # the disk refused: fail it, never hold it forever
                     self.buffer.resolve(batch, delivered=False)
                     self.stats.failed += len(batch)
-                    self._failed(batch.seqs)
+                    self._failed(batch.first_seq)
             else:
                 self._deliver(batch)
             self._release_updates()
@@ -294,13 +293,13 @@ class BatchWorker:
                 self.stats.failed += len(batch)
             assert self.spooler is not None
             self.spooler.resolved(batch, delivered=False, transient=transient)
-            self._failed([-1])  # a flush waiting for the replay cannot say "delivered"
+            self._failed(-1)  # a flush waiting for the replay cannot say "delivered"
         elif transient and self.spooler is not None and self._keep(batch):
             why += f"; kept in the spool {self.spooler.spool.directory}"
         else:
             self.buffer.resolve(batch, delivered=False)
             self.stats.failed += len(batch)
-            self._failed(batch.seqs)
+            self._failed(batch.first_seq)
         self._warn(
             key,
             f"fiddler_trace: {_count(batch)} for model {batch.model_id} not delivered: {why}",
@@ -332,7 +331,7 @@ class BatchWorker:
         if not self.spooler.keep(batch):
             return False
         self.buffer.resolve(batch, delivered=False, remember=False)
-        self._failed(batch.seqs)  # a flush covering it cannot say "delivered"
+        self._failed(batch.first_seq)  # a flush covering it cannot say "delivered"
         return True
 
     def _spill_backlog(self) -> None:
@@ -373,7 +372,7 @@ class BatchWorker:
     def _release_updates(self) -> None:
         for lost in self.buffer.release_updates():
             self.stats.failed += len(lost)
-            self._failed(lost.seqs)
+            self._failed(lost.first_seq)
             self._warn(
                 "lost-updates",
                 f"fiddler_trace: {len(lost)} updates for model {lost.model_id} dropped: the "
@@ -383,7 +382,7 @@ class BatchWorker:
     def _refuse(self, model_id: str, event_id: str, method: str, seq: int, reason: str) -> None:
         self.stats.failed += 1
         self.stats.last_error = f"an event was dropped: {reason}"
-        self._failed([seq])
+        self._failed(seq)
         if method == POST:
             self.buffer.forget(model_id, event_id)
         self._warn(

@@ -109,7 +109,7 @@ def test_an_update_follows_its_event():
         predict(1)
         fiddler_trace.update(fiddler_trace.last_event_id(), {"target": 0})
         predict(2)
-    assert order == ["Event", "Update", "Event"]
+    assert order == ["tuple", "Update", "tuple"]
 
 
 def test_an_unknown_id_needs_a_model_id():
@@ -150,15 +150,20 @@ def test_update_does_nothing_while_disabled():
 
 
 def test_remembered_ids_expire_after_the_ttl(monkeypatch):
-    """An id older than update_cache_ttl seconds is unknown again."""
-    fiddler_trace.init(update_cache_ttl=60)
+    """Ids are kept by generation: a closed one is forgotten update_cache_ttl seconds after it
+    closed; the open one is kept."""
+    fiddler_trace.init(update_cache_ttl=60, update_cache_size=40)  # generations of 10 ids
     with testing.capture():
         predict(1)
-        event_id = fiddler_trace.last_event_id()
+        oldest = fiddler_trace.last_event_id()
+        for i in range(10):  # fills the generation of `oldest`, which closes
+            predict(i)
+        newest = fiddler_trace.last_event_id()
         later = _ids.monotonic() + 61
         monkeypatch.setattr(_ids, "monotonic", lambda: later)
         with pytest.raises(ValueError, match="model_id="):
-            fiddler_trace.update(event_id, {"target": 1})
+            fiddler_trace.update(oldest, {"target": 1})
+        fiddler_trace.update(newest, {"target": 1})
 
 
 def test_remembered_ids_are_bounded():

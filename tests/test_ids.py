@@ -47,14 +47,13 @@ def test_ids_are_uuid4_strings_and_unique():
 
 
 def test_remembered_ids_give_the_garbage_collector_nothing_to_walk():
-    """update()'s registry holds only floats and ints: its dicts are never tracked by gc."""
+    """update()'s registry holds only ints: its dicts are never tracked by gc."""
     with testing.capture():
         for i in range(100):
             plain(i)
-    times, owners = _ids.RECENT.current
-    assert len(times) == len(owners) == 100
-    assert not gc.is_tracked(times)
-    assert not gc.is_tracked(owners)
+    remembered = _ids.RECENT.current
+    assert len(remembered) == 100
+    assert not gc.is_tracked(remembered)
 
 
 def test_current_event_id_inside_the_call_is_the_events_id():
@@ -92,6 +91,68 @@ def test_nested_monitored_calls_restore_the_outer_current_id():
     by_model = dict(zip(events.models, (row["event_id"] for row in events)))
     assert seen[0] == ("inner", by_model[OTHER])
     assert seen[1] == ("outer", by_model[MODEL], by_model[MODEL])
+
+
+def test_sync_and_async_calls_nested_either_way_each_see_the_innermost_id():
+    """A sync call's id is kept per thread and an async call's per task: whichever began last
+    is current, in both nestings (an async call run by a sync one through asyncio.run, and a
+    sync call made by that async one), and a batch call inside any of them has none."""
+    seen: dict[str, Any] = {}
+
+    @monitor(OTHER, batch=True)
+    def score_rows(rows):
+        seen["batch"] = fiddler_trace.current_event_id()
+        return [0] * len(rows)
+
+    @monitor(OTHER)
+    def leaf():
+        seen["leaf"] = fiddler_trace.current_event_id()
+        score_rows([{"a": 1}])
+        seen["leaf after batch"] = fiddler_trace.current_event_id()
+
+    @monitor(OTHER)
+    async def middle():
+        seen["middle"] = fiddler_trace.current_event_id()
+        await asyncio.sleep(0)
+        leaf()
+        seen["middle after leaf"] = fiddler_trace.current_event_id()
+
+    @monitor(MODEL)
+    def outer():
+        seen["outer"] = fiddler_trace.current_event_id()
+        asyncio.run(middle())
+        seen["outer after middle"] = fiddler_trace.current_event_id()
+
+    with testing.capture() as events:
+        outer()
+    ids = {row["event_id"] for row in events}
+    assert len(ids) == 4  # outer, middle, leaf and one batch row
+    assert seen["outer"] == seen["outer after middle"] != seen["middle"]
+    assert seen["middle"] == seen["middle after leaf"] != seen["leaf"]
+    assert seen["leaf"] == seen["leaf after batch"]
+    assert seen["batch"] is None
+    assert {seen["outer"], seen["middle"], seen["leaf"]} < ids
+    assert fiddler_trace.current_event_id() is None
+
+
+def test_a_sync_call_of_another_thread_is_not_current_here():
+    """While one thread is inside a sync monitored call, another thread sees no current id."""
+    inside, release = threading.Event(), threading.Event()
+
+    @monitor(MODEL)
+    def slow():
+        inside.set()
+        release.wait(timeout=10)
+
+    thread = threading.Thread(target=slow)
+    with testing.capture():
+        thread.start()
+        assert inside.wait(timeout=10)
+        try:
+            assert fiddler_trace.current_event_id() is None
+        finally:
+            release.set()
+            thread.join(timeout=10)
 
 
 def test_ids_are_per_thread():

@@ -170,7 +170,7 @@ def test_shutdown_is_idempotent_and_restarts_lazily(server):
     assert _pipeline.stats()["sent"] == 2
 
 
-def test_a_fork_the_hooks_missed_is_caught_on_the_next_event(server, monkeypatch):
+def test_a_fork_the_hooks_missed_is_caught_when_a_batch_starts(server, monkeypatch):
     """A child forked without os.register_at_fork (uWSGI) gets a new pipeline and new ids."""
     from fiddler_trace import _ids
 
@@ -178,6 +178,7 @@ def test_a_fork_the_hooks_missed_is_caught_on_the_next_event(server, monkeypatch
     _pipeline.submit(event(1))
     parent = _pipeline.current()
     assert parent is not None
+    assert parent.flush(10)  # the queue is empty: the next event starts a batch
     reseeded: list[bool] = []
     original = _ids.after_fork
     monkeypatch.setattr(_ids, "after_fork", lambda: reseeded.append(True) or original())
@@ -190,3 +191,67 @@ def test_a_fork_the_hooks_missed_is_caught_on_the_next_event(server, monkeypatch
     assert _pipeline.flush(10)
     parent.shutdown(5)
     assert sorted(e["x"] for e in server.events()) == [1, 2]
+
+
+FORK_WITHOUT_HOOKS = """
+import ctypes, os, sys
+import fiddler_trace
+
+@fiddler_trace.monitor(model_id="6f1c0f0e-1111-4222-8333-444455556666")
+def predict(x):
+    return {"y": x}
+
+def capture(n):
+    ids = []
+    for i in range(n):
+        predict(i)
+        ids.append(fiddler_trace.last_event_id())
+    return ids
+
+parent_ids = capture(PARENT_EVENTS)
+assert fiddler_trace.flush(10)
+read, write = os.pipe()
+# libc's fork, called with the GIL held, as uWSGI forks: Python's fork hooks do not run.
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    os.close(read)
+    ids = capture(5)
+    delivered = fiddler_trace.flush(10)
+    os.write(write, (" ".join(ids) + ("" if delivered else " NOT-DELIVERED")).encode())
+    os._exit(0)
+os.close(write)
+child_ids = os.read(read, 100_000).decode().split()
+os.waitpid(pid, 0)
+parent_ids += capture(5)
+assert fiddler_trace.flush(10)
+print(" ".join(parent_ids))
+print(" ".join(child_ids))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs libc's fork")
+@pytest.mark.parametrize("parent_events", [0, 3], ids=["idle-parent", "capturing-parent"])
+def test_a_fork_that_bypasses_the_hooks_sends_the_childs_events_with_ids_of_its_own(
+    server, parent_events
+):
+    """A pre-fork server forking from C (uWSGI without py-call-osafterfork): the child starts
+    its own pipeline, and no id repeats between parent and child, whether or not the parent
+    had captured events before the fork."""
+    script = FORK_WITHOUT_HOOKS.replace("PARENT_EVENTS", str(parent_events))
+    env = {
+        **os.environ,
+        "FIDDLER_TRACE_ENABLED": "1",
+        "FIDDLER_URL": server.url,
+        "FIDDLER_TOKEN": "t",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    parent_line, child_line = done.stdout.splitlines()
+    parent_ids, child_ids = parent_line.split(), child_line.split()
+    assert len(child_ids) == 5, child_line  # NOT-DELIVERED would make it 6
+    assert len(parent_ids) == parent_events + 5
+    assert not set(parent_ids) & set(child_ids)
+    sent = [event["event_id"] for event in server.events()]
+    assert sorted(sent) == sorted(parent_ids + child_ids)

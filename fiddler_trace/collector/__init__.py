@@ -48,11 +48,14 @@ Fiddler's envelopes (``{"api_version": "3.0", "kind": "NORMAL", "data": ...}`` a
 
 Storage
 -------
-SQLite: tables ``events`` (one row per event: model, event id, epoch timestamp, the event's JSON),
-``requests`` (model, ``env_type``, ``env_name``, arrival time of each publish), ``updates`` and
-``models``; the view ``stored_events`` joins them for a person with ``sqlite3``. A file database
-runs in WAL mode; each request is one transaction. Which event ids are stored is also kept in
-memory (rebuilt when a database is opened), so one collector at a time may use a database file.
+SQLite: each publish is one row of ``batches`` (model, ``env_type``, ``env_name``, arrival time,
+the events' ids, and the events as JSON, which is the request body itself when every event was
+stored as sent), beside ``models``, ``updates`` (the update log), ``patched`` (events as merged
+with their updates) and ``removed`` (deleted events); the view ``stored_events`` shows one row
+per stored event, updates merged, for a person with ``sqlite3``. A file database runs in WAL
+mode; each request is one transaction. Which event ids are stored is also kept in memory
+(rebuilt when a database is opened), so one collector at a time may use a database file. A
+database written by the first version (a row per event) is converted when it is opened.
 
 Read side (an extension of the API, same auth)
 ----------------------------------------------

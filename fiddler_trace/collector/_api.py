@@ -163,19 +163,21 @@ class EventsApp:
                 return self._file_job(publish)
             if method == "PATCH":
                 return self._update(publish)
-            return self._publish(publish)
+            return self._publish(publish, body)
         except ValidationError as exc:
             return error_reply(
                 exc.status, exc.reason, exc.message, help_text=_HELP.get(method, _DEFAULT_HELP)
             )
 
-    def _publish(self, request: _validate.PublishRequest) -> Reply:
+    def _publish(self, request: _validate.PublishRequest, body: bytes) -> Reply:
         try:
             result = self.store.publish(
                 request.model_id,
                 request.env_type,
                 request.env_name,
                 request.events,
+                event_ids=request.event_ids,
+                request_body=body,
                 reject_duplicates=self._reject_duplicates,
             )
         except DuplicateEventError as exc:
@@ -185,8 +187,9 @@ class EventsApp:
                 f"event id {exc.event_id!r} is already stored for model {request.model_id}; "
                 "nothing of this request was stored",
             )
-        self._count(published=len(result.event_ids) - result.duplicates)
-        self._count(duplicates=result.duplicates)
+        self._count(
+            published=len(result.event_ids) - result.duplicates, duplicates=result.duplicates
+        )
         data = {"source_type": "EVENTS", "event_ids": result.event_ids}
         return ok_reply(data, events=len(request.events))
 

@@ -1,0 +1,242 @@
+"""The sync wrapper of ``@monitor``, compiled once per decorated function.
+
+The capture of a call is a dozen small steps, and as Python functions each would cost a call
+(~0.1 µs, as much as the step itself). So the wrapper is compiled from source once per decorated
+function, as ``collections.namedtuple`` and ``dataclasses`` compile their methods, with the usual
+case of each step written inline:
+
+- the columns of a call that passes every parameter by position are a dict display over
+  ``args`` (``{'age': args[0], ...}``); any other call uses the plan's input builder;
+- a result that is a dict is merged with ``dict.update``; anything else uses the output adder;
+- the item goes straight onto the pipeline's queue when it lands in the middle of a batch; the
+  first event of a batch, the one that fills it, a full buffer, a missing or stopped pipeline
+  and the test sink all go through :func:`fiddler_trace._pipeline.submit`.
+
+The generated source is :data:`_TEMPLATE` with the blanks filled from the function's
+:class:`~fiddler_trace._inputs.CallPlan` and the monitor's options; names are inserted with
+``repr()``, so no user text is ever code. Behaviour is that of ``_Steps.begin``/``finish`` in
+:mod:`fiddler_trace._monitor`, which the async wrapper uses: keep the two alike.
+"""
+
+from __future__ import annotations
+
+import time
+from threading import get_ident
+from typing import Any, Callable, Optional
+
+from fiddler_trace import _ids, _otel, _pipeline
+from fiddler_trace._capture import (
+    DEFERRED,
+    apply_redact,
+    describe,
+    release_updates,
+    remember,
+    report,
+)
+from fiddler_trace._ids import KEEP_BITS, LAST, RUNNING, V4_BITS, draw, getrandbits, id_text
+
+__all__ = ["compile_sync_wrapper"]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
+
+_TEMPLATE = """\
+def call_sync(wrapped, instance, args, kwargs):
+    # Only called while capturing() is true (wrapt checks it first).
+    try:
+        settings = pipeline._settings or settings_now()
+        current = pipeline._current
+        if current is None or not current.buffer.queue:
+            ready()  # a first capture, or a fork that bypassed the hooks: reseed first
+        start = time.time()  # looked up per call: freezegun replaces it
+        # The id as a UUID4's int (see _ids): formatting it would cost 4x drawing it.
+        event_id = {new_id}
+        rate = {rate}
+        if rate < 1.0 and draw() >= rate:
+            columns = None
+{choose_inputs}
+    except Exception as error:
+        report(kind, f"could not capture a call of {{name}}: {{describe(error)}}")
+        event_id = None
+    if event_id is None:  # the host's call must not sit inside our except block
+        return wrapped(*args, **kwargs)
+    thread = get_ident()
+    outer = running.get(thread)  # a monitored call this one is nested in
+    running[thread] = event_id
+    try:
+        # Without keywords, a call without the empty mapping skips unpacking it.
+        result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+    except BaseException as error:
+        if isinstance(error, Exception):  # not cancellation or KeyboardInterrupt
+            next(pipeline.STATS.errors)
+        set_last(None)
+        if DEFERRED:
+            DEFERRED.pop(event_id, None)
+        raise
+    finally:
+        if outer is None:
+            running.pop(thread, None)
+        else:
+            running[thread] = outer
+    set_last(event_id)
+    try:
+        if columns is None:
+            remember(event_id, None, id_column, None, sampled_owner)
+            next(pipeline.STATS.sampled_out)
+        else:
+{columns}
+            if has_metadata:
+                add_metadata(columns)
+            span = add_trace_columns(columns) if otel_context() else None
+            if redact is not None:
+                columns = apply_redact(columns, redact)
+            if settings.redact is not None:
+                columns = apply_redact(columns, settings.redact)
+            recent = ids.RECENT
+            remembered = recent.current
+            remembered[event_id] = owner
+            if len(remembered) >= recent.generation_size:
+                recent.rotate()
+            item = (model_id, event_id, start, columns, id_column, ts_column)
+            current = pipeline._current
+            if pipeline._sink is None and current is not None and current.running:
+                buffer = current.buffer
+                queue = buffer.queue
+                depth = len(queue)
+                if (
+                    0 < depth < buffer.batch_size - 1
+                    and depth + buffer.outstanding < buffer.max_events
+                ):
+                    queue.append(item)
+                    next(buffer.accepted)
+                else:
+                    submit(item)
+            else:
+                submit(item)
+            next(pipeline.STATS.captured)
+            if span is not None:
+                tag(span, id_text(event_id))
+        if DEFERRED:  # an update() of this event made during the call
+            release_updates(event_id, model_id, id_column, columns is not None)
+    except Exception as error:
+        if DEFERRED:
+            DEFERRED.pop(event_id, None)
+        report(kind, f"could not capture a call of {{name}}: {{describe(error)}}")
+    return result
+"""
+
+
+def compile_sync_wrapper(
+    steps: Any,
+    *,
+    free_names: Optional[tuple[str, ...]],
+    bound_names: Optional[tuple[str, ...]],
+    plain_outputs: bool,
+) -> Wrapper:
+    """The wrapper for one decorated sync function.
+
+    Args:
+        steps: the function's ``_Steps`` (its options and builders).
+        free_names: the parameter names of a call of the function itself when every one is
+            given by position, for the inline columns; None: always use the input builder.
+        bound_names: the same for a call through an instance or class (wrapt took off
+            ``self``/``cls``); None: always use the input builder.
+        plain_outputs: ``outputs=None``: a dict result is merged inline.
+    """
+    # The inline columns are built after the call, together with a dict result: one dict
+    # display sized for both, where inputs first and outputs added later cost a resize. The
+    # values are the same: a display reads the call's own ``args`` tuple.
+    choose = ""
+    build = ""
+    for marker, names, test in (
+        ("FREE", free_names, "instance is None"),
+        ("BOUND", bound_names, "instance is not None"),
+    ):
+        if names is None:
+            continue
+        choose += (
+            f"        elif not kwargs and {test} and len(args) == {len(names)}:\n"
+            f"            columns = {marker}  # built after the call\n"
+        )
+        display = ", ".join(f"{name!r}: args[{i}]" for i, name in enumerate(names))
+        merged = (
+            f"                if type(result) is dict:\n"
+            f"                    columns = {{{display}{', ' if names else ''}**result}}\n"
+            f"                else:\n"
+            f"                    columns = {{{display}}}\n"
+            f"                    add_outputs(columns, result)\n"
+            if plain_outputs
+            else f"                columns = {{{display}}}\n"
+            f"                add_outputs(columns, result)\n"
+        )
+        build += f"            {'if' if not build else 'elif'} columns is {marker}:\n{merged}"
+    choose += "        else:\n            columns = build_inputs(instance, args, kwargs)"
+    outputs = (
+        "if type(result) is dict:\n"
+        "                    columns.update(result)\n"
+        "                else:\n"
+        "                    add_outputs(columns, result)"
+        if plain_outputs
+        else "add_outputs(columns, result)"
+    )
+    build += (
+        f"            else:\n                {outputs}"
+        if build
+        else f"            {outputs.replace(chr(10) + '    ', chr(10))}"
+    )
+    source = _TEMPLATE.format(
+        new_id="draw_bits(128) & keep_bits | v4_bits"
+        if steps.id_from is None
+        else "id_from(args, kwargs)",
+        rate="settings.sample_rate" if steps.own_rate is None else "own_rate",
+        choose_inputs=choose,
+        columns=build,
+    )
+    namespace: dict[str, Any] = {
+        "time": time,
+        "pipeline": _pipeline,
+        "ids": _ids,
+        "settings_now": _pipeline.settings,
+        "ready": _pipeline.ready,
+        "submit": _pipeline.submit,
+        "draw_bits": getrandbits,
+        "keep_bits": KEEP_BITS,
+        "v4_bits": V4_BITS,
+        "draw": draw,
+        "get_ident": get_ident,
+        "running": RUNNING,
+        "set_last": LAST.set,
+        "otel_context": _otel.get_context,
+        "add_trace_columns": _otel.add_trace_columns,
+        "tag": _otel.tag,
+        "id_text": id_text,
+        "apply_redact": apply_redact,
+        "remember": remember,
+        "release_updates": release_updates,
+        "report": report,
+        "describe": describe,
+        "DEFERRED": DEFERRED,
+        "kind": steps.kind,
+        "name": steps.name,
+        "build_inputs": steps.build_inputs,
+        "add_outputs": steps.add_outputs,
+        "id_from": steps.id_from,
+        "own_rate": steps.own_rate,
+        "model_id": steps.model_id,
+        "id_column": steps.id_column,
+        "ts_column": steps.ts_column,
+        "redact": steps.redact,
+        "has_metadata": steps.has_metadata,
+        "add_metadata": steps.add_metadata,
+        "owner": steps.owner,
+        "sampled_owner": steps.sampled_owner,
+        "FREE": _FREE,
+        "BOUND": _BOUND,
+    }
+    exec(compile(source, f"<fiddler_trace monitor of {steps.name}>", "exec"), namespace)
+    return namespace["call_sync"]  # type: ignore[no-any-return]
+
+
+#: Markers for "columns to build after the call": of a call of the function itself, of a call
+#: through an instance or class.
+_FREE = object()
+_BOUND = object()
