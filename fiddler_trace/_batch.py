@@ -196,7 +196,7 @@ class _BatchSteps:
         model_id, id_column, ts_column = capture.model_id, capture.id_column, capture.ts_column
         for event_id, columns, output in zip(ids, rows, outputs):
             if rate < 1.0 and draw() >= rate:
-                remember(event_id, None, id_column, settings)
+                remember(event_id, None, id_column)
                 next(stats.sampled_out)
                 continue
             try:
@@ -211,7 +211,7 @@ class _BatchSteps:
                 name = self.plan.name
                 report(self.kind, f"a row of a batch call of {name}: {describe(error)}")
                 continue
-            remember(event_id, model_id, id_column, settings)
+            remember(event_id, model_id, id_column)
             _pipeline.submit(Event(model_id, event_id, start, columns, id_column, ts_column))
             kept.append(event_id)
         Stats.add(stats.captured, len(kept))

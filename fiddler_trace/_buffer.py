@@ -11,244 +11,42 @@ resolved (so a PATCH never overtakes the POST of its event), and ``flush()`` wai
 with a number below its mark is resolved.
 
 Per event, the worker's cost is the drain loop and the encoding, and the memory held is the
-encoded bytes plus two 8-byte numbers (:class:`Batch`): the loop only completes the row and
-appends it to a run of consecutive items of one batch; a run is then encoded in one call
-(:meth:`~fiddler_trace._encode.Encoder.many`) and added to its batch at once.
+encoded bytes (:class:`Batch`): the loop only completes the row and appends it to a run of
+consecutive items of one batch; a run is then encoded in a few orjson calls
+(:meth:`~fiddler_trace._encode.Encoder.joined`) and added to its batch at once.
 """
 
 from __future__ import annotations
 
-import bisect
 import collections
+import contextlib
 import itertools
-import struct
 import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from operator import add
+from itertools import repeat, starmap
 from typing import Any, Callable, Optional, Union
 from uuid import UUID
 
-import orjson
-
+from fiddler_trace._encoded import PATCH, POST, Batch, find_ends
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import id_text
 
-__all__ = ["PATCH", "POST", "Batch", "BatchBuffer", "Item", "Refusal"]
+__all__ = ["BatchBuffer", "Item", "Refusal"]
 
-POST = "POST"
-PATCH = "PATCH"
 #: A publish (an :class:`Event` or a plain tuple of its fields) or an update.
 Item = Union[Event, tuple, Update]
 #: An item too large to send: ``(model_id, event_id, method, seq, reason)``.
 Refusal = tuple[str, str, str, int, str]
 Encoder = Callable[[dict[str, Any]], bytes]
-ManyEncoder = Callable[[list[dict[str, Any]]], list[bytes]]
+#: Rows -> parts of them encoded and joined by commas: ``(encoded, how many rows)``.
+JoinedEncoder = Callable[[list[dict[str, Any]]], Sequence[tuple[Union[bytes, memoryview], int]]]
 
 # A drawn id goes into the row as a uuid.UUID made without UUID.__init__ (which only validates):
 # orjson writes a UUID as its canonical string in native code, several times cheaper than
 # formatting the 128-bit int in Python, and the worker never needs the string itself.
 _new_object = object.__new__
 _set_uuid_int = UUID.__dict__["int"].__set__
-_CHUNK = 4096  # items taken off the queue at a time
-
-
-class Batch:
-    """Events of one (method, model_id) sent in one request, with their retry state.
-
-    The encoded events are kept joined by commas, as they go in the request body, with the end
-    offset of each (to split the batch) as 8-byte ints in an array. Sequence numbers come in
-    runs of consecutive ones (a run of the queue is added at once), kept as the index where
-    each run starts and its first number: a few ints per batch rather than one per event.
-    Event ids are kept as strings only where the data cannot give them back cheaply: updates
-    (:attr:`ids`) and replayed records; a publish's id is in its row, under its id column
-    (:attr:`columns`), and is read back from the data on the rare paths that need it (a failed
-    publish, the spool): :meth:`event_ids`.
-    """
-
-    __slots__ = (
-        "attempts",
-        "columns",
-        "created",
-        "data",
-        "ends",
-        "first_attempt",
-        "ids",
-        "method",
-        "model_id",
-        "origin",
-        "run_firsts",
-        "run_starts",
-    )
-
-    def __init__(self, method: str, model_id: str, created: float) -> None:
-        self.method = method
-        self.model_id = model_id
-        self.created = created
-        self.data: Union[bytes, bytearray] = bytearray()
-        self.ends = array("q")
-        #: Index of each run of consecutive sequence numbers, and the run's first number.
-        self.run_starts: list[int] = []
-        self.run_firsts: list[int] = []
-        #: Event ids when known as strings (updates, replayed records); None: read from data.
-        self.ids: Optional[list[str]] = None
-        #: The id column of every event, or a list with the id column of each.
-        self.columns: Union[str, list[str]] = "event_id"
-        self.attempts = 0  # failed attempts so far
-        self.first_attempt: Optional[float] = None
-        self.origin: Optional[object] = None  # a replayed spool record's mark
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def __repr__(self) -> str:
-        return f"Batch({self.method} {self.model_id}, {len(self.ends)} events)"
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
-
-    @property
-    def first_seq(self) -> Optional[int]:
-        """The sequence number of the first event; None for an empty batch."""
-        return self.run_firsts[0] if self.ends else None
-
-    @property
-    def last_seq(self) -> Optional[int]:
-        """The sequence number of the last event; None for an empty batch."""
-        if not self.ends:
-            return None
-        return self.run_firsts[-1] + len(self.ends) - 1 - self.run_starts[-1]
-
-    def seq(self, index: int) -> int:
-        """The sequence number of the event at ``index``."""
-        run = bisect.bisect_right(self.run_starts, index) - 1
-        return self.run_firsts[run] + index - self.run_starts[run]
-
-    @property
-    def seqs(self) -> list[int]:
-        """Every event's sequence number, in order (built on each call)."""
-        return [self.seq(i) for i in range(len(self.ends))]
-
-    def _note_seqs(self, first_seq: int) -> None:
-        """Events from ``first_seq`` on are about to be appended."""
-        if self.last_seq is None or first_seq != self.last_seq + 1:
-            self.run_starts.append(len(self.ends))
-            self.run_firsts.append(first_seq)
-
-    def add(self, event_id: Optional[str], encoded: bytes, seq: int, column: str) -> None:
-        """Append one encoded event (``event_id`` None: a publish, whose id is in its row)."""
-        self._note(None if event_id is None else [event_id], column, 1)
-        self._append(encoded, seq)
-
-    def _append(self, encoded: bytes, seq: int) -> None:
-        self._note_seqs(seq)
-        data = self.data
-        if not isinstance(data, bytearray):
-            data = self.data = bytearray(data)
-        if data:
-            data += b","
-        data += encoded
-        self.ends.append(len(data))
-
-    def extend(
-        self, encoded: list[bytes], first_seq: int, column: str, ids: Optional[list[str]]
-    ) -> None:
-        """Append consecutive events at once: sequence numbers from ``first_seq``."""
-        self._note(ids, column, len(encoded))
-        self._note_seqs(first_seq)
-        data = self.data
-        if not isinstance(data, bytearray):
-            data = self.data = bytearray(data)
-        start = len(data) + 1 if data else 0
-        if data:
-            data += b","
-        data += b",".join(encoded)
-        # End of event i: start + the lengths of events 0..i + the i commas between them.
-        # Packed by struct: array.extend would convert each int through PyArg_Parse.
-        ends = map(add, itertools.accumulate(map(len, encoded)), itertools.count(start))
-        self.ends.frombytes(struct.pack(f"{len(encoded)}q", *ends))
-
-    def _note(self, ids: Optional[list[str]], column: str, n: int) -> None:
-        """Keep the ids (or the id column) of ``n`` events about to be appended."""
-        if ids is not None:
-            if self.ids is None:
-                self.ids = []
-            self.ids.extend(ids)
-            return
-        columns = self.columns
-        if not self.ends:
-            self.columns = column
-        elif isinstance(columns, list):
-            columns.extend([column] * n)
-        elif columns != column:
-            self.columns = [columns] * len(self.ends) + [column] * n
-
-    def event(self, index: int) -> bytes:
-        """The encoded event at ``index``."""
-        start = self.ends[index - 1] + 1 if index else 0
-        return bytes(self.data[start : self.ends[index]])
-
-    def event_ids(self) -> list[str]:
-        """The id of each event, in order; "" for one that cannot be read back. A publish's
-        ids are parsed from the data: for the rare paths only (a failure, the spool)."""
-        if self.ids is not None:
-            return self.ids
-        try:
-            rows = orjson.loads(b"[" + self.data + b"]")
-        except orjson.JSONDecodeError:  # e.g. a value passed as an invalid orjson.Fragment
-            rows = [_loads_or_none(self.event(i)) for i in range(len(self.ends))]
-        columns = self.columns
-        ids = []
-        for index, row in enumerate(rows):
-            column = columns if isinstance(columns, str) else columns[index]
-            value = row.get(column) if isinstance(row, dict) else None
-            ids.append(value if isinstance(value, str) else "")
-        return ids
-
-    def _subset(self, indexes: Sequence[int]) -> Batch:
-        part = Batch(self.method, self.model_id, self.created)
-        part.first_attempt = self.first_attempt
-        part.origin = self.origin
-        if self.ids is not None:
-            part.ids = [self.ids[i] for i in indexes]
-        columns = self.columns
-        part.columns = columns if isinstance(columns, str) else [columns[i] for i in indexes]
-        for i in indexes:
-            part._append(self.event(i), self.seq(i))
-        return part
-
-    def halves(self) -> tuple[Batch, Batch]:
-        """Two batches with the first and second half of the events, keeping the retry clock."""
-        middle = len(self.ends) // 2
-        return self._subset(range(middle)), self._subset(range(middle, len(self.ends)))
-
-    def split_off(self, indexes: Iterable[int]) -> Batch:
-        """Remove the events at ``indexes`` and return them as a batch of their own."""
-        taken = sorted(set(indexes))
-        gone = self._subset(taken)
-        dropped = set(taken)
-        kept = self._subset([i for i in range(len(self.ends)) if i not in dropped])
-        self.ids, self.columns, self.data, self.ends = kept.ids, kept.columns, kept.data, kept.ends
-        self.run_starts, self.run_firsts = kept.run_starts, kept.run_firsts
-        return gone
-
-    @classmethod
-    def replayed(
-        cls, method: str, model_id: str, ids: list[str], ends: Sequence[int], data: bytes
-    ) -> Batch:
-        """A batch of a spooled record: its events count as already resolved (seq -1)."""
-        batch = cls(method, model_id, 0.0)
-        batch.ids, batch.ends, batch.data = ids, array("q", ends), data
-        batch.run_starts, batch.run_firsts = list(range(len(ends))), [-1] * len(ends)
-        return batch
-
-
-def _loads_or_none(encoded: bytes) -> Any:
-    try:
-        return orjson.loads(encoded)
-    except orjson.JSONDecodeError:
-        return None
 
 
 class _IdHashes:
@@ -296,8 +94,9 @@ class BatchBuffer:
         batch_size: most events in a batch.
         max_batch_bytes: most encoded bytes in a batch.
         flush_interval: seconds a batch waits for more events.
-        encode: row -> JSON bytes; if it has a ``many`` method (rows -> list of JSON bytes, as
-            :class:`~fiddler_trace._encode.Encoder` has), runs of rows are encoded with it.
+        encode: row -> JSON bytes; if it has a ``joined`` method (rows -> parts of them
+            encoded and joined by commas, as :class:`~fiddler_trace._encode.Encoder` has), runs
+            of rows are encoded with that.
         wake: set (cheaply, rarely) when a producer should wake the worker.
         dropped: the counter of events refused because the buffer was full.
         failed_id_memory: how many failed event ids are remembered to drop their updates.
@@ -320,8 +119,8 @@ class BatchBuffer:
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
         self._encode = encode
-        many: Optional[ManyEncoder] = getattr(encode, "many", None)
-        self._encode_many: ManyEncoder = many if many is not None else self._encode_each
+        joined: Optional[JoinedEncoder] = getattr(encode, "joined", None)
+        self._encode_joined: JoinedEncoder = joined if joined is not None else self._encode_each
         self._wake = wake
         self._dropped = dropped
         self.queue: collections.deque[Item] = collections.deque()
@@ -380,9 +179,11 @@ class BatchBuffer:
         new_object, set_uuid_int, uuid_type, update_type = _new_object, _set_uuid_int, UUID, Update
         plain, number = tuple, int
         stamp, stamp_from, stamp_to = self._stamp, self._stamp_from, self._stamp_to
-        first = self.drained  # sequence number of this chunk's first item
-        index = first - 1  # of the last item taken
-        counted = added = 0
+        first = self.drained  # sequence number of the first item
+        # Counted one by one, at once: producers bound the memory held by the queue plus this.
+        # No other counter: the items taken so far are the growth of this one.
+        base = self.outstanding
+        added = 0
         run_method: Optional[str] = None
         run_model = run_column = ""
         post_model: Optional[str] = None  # run_model when the run is of publishes
@@ -390,18 +191,10 @@ class BatchBuffer:
         rows: list[dict[str, Any]] = []
         ids: Optional[list[str]] = None
         try:
+            # The items queued now, popped from C (a starmap), then those queued meanwhile.
             while queue:
-                chunk = min(len(queue), _CHUNK)
-                # Counted before they leave the queue: producers bound the memory held by the
-                # queue plus this, so it must never miss an item in between.
-                self.outstanding += chunk
-                counted += chunk
-                for index in range(first, first + chunk):
-                    try:
-                        item = popleft()
-                    except IndexError:  # shutdown's take_all drained from another thread
-                        index -= 1
-                        break
+                for item in starmap(popleft, repeat((), len(queue))):
+                    self.outstanding += 1
                     if type(item) is plain or not isinstance(item, update_type):
                         model_id, event_id, timestamp, row, id_column, ts_column = item
                         if type(event_id) is number:
@@ -441,27 +234,46 @@ class BatchBuffer:
                         added += self._add_run(
                             run_method, run_model, run_column, rows, ids, run_first, now, refused
                         )
-                    run_method, run_model, run_column, run_first = method, model_id, column, index
+                    run_method, run_model, run_column = method, model_id, column
+                    run_first = first + self.outstanding - base - 1
                     post_model = model_id if method is POST else None
                     rows, ids = [row], event_ids
                     batch = pending.get((method, model_id))
-                    room = batch_size - 1 - (len(batch.ends) if batch is not None else 0)
-                if index < first + chunk - 1:
-                    break
-                first += chunk
+                    room = batch_size - 1 - (batch.size if batch is not None else 0)
             if rows:
                 added += self._add_run(
                     run_method, run_model, run_column, rows, ids, run_first, now, refused
                 )
+                rows = []
+        except BaseException:
+            # An item that breaks the loop is lost, as it would be alone; the run before it
+            # is not.
+            if rows:
+                with contextlib.suppress(Exception):
+                    added += self._add_run(
+                        run_method, run_model, run_column, rows, ids, run_first, now, refused
+                    )
+            raise
         finally:
             self._stamp, self._stamp_from, self._stamp_to = stamp, stamp_from, stamp_to
-            self.drained = index + 1
-            # Refused items, items lost to an error and items not taken are not held.
-            self.outstanding -= counted - added
+            taken = self.outstanding - base
+            self.drained = first + taken
+            # Refused items, and items lost to an error, are not held.
+            self.outstanding -= taken - added
         return refused
 
-    def _encode_each(self, rows: list[dict[str, Any]]) -> list[bytes]:
-        return [self._encode(row) for row in rows]
+    def _encode_each(self, rows: list[dict[str, Any]]) -> list[tuple[bytes, int]]:
+        return [(self._encode(row), 1) for row in rows]
+
+    def _fits(self, batch: Optional[Batch], nbytes: int, count: int) -> bool:
+        """``count`` events of ``nbytes`` (joined) can go into ``batch`` (None: a new one).
+
+        The check each event gets when added one by one (the batch's bytes plus the event's,
+        without the comma between) is tightest for the last one: when it passes, all do.
+        """
+        before = batch.nbytes if batch is not None else 0
+        after = before + nbytes + 1 if before else nbytes
+        return after - (1 if count > 1 or before else 0) < self.max_batch_bytes
 
     def _add_run(
         self,
@@ -476,58 +288,80 @@ class BatchBuffer:
     ) -> int:
         """Encode a run and add it to its batch; returns how many events were added."""
         assert method is not None
-        encoded = self._encode_many(rows)
+        parts = self._encode_joined(rows)
         key = (method, model_id)
         batch = self.pending.get(key)
-        size = len(batch.data) + 1 if batch is not None and batch.data else 0
-        size += sum(map(len, encoded)) + len(encoded) - 1
-        # Each event is checked against max_batch_bytes without the comma before it: the last
-        # event's check is the tightest, and when it passes every event fits as it comes.
-        if size - (1 if size > len(encoded[-1]) else 0) < self.max_batch_bytes:
-            if batch is None:
-                batch = self.pending[key] = Batch(method, model_id, now)
-                self.open.add(batch)
-            batch.extend(encoded, first_seq, column, ids)
-            if len(batch.ends) >= self.batch_size:
-                self._seal(key)
-            return len(encoded)
-        return self._add_each(key, column, rows, ids, encoded, first_seq, now, refused)
+        nbytes = sum(len(part) for part, _ in parts) + len(parts) - 1
+        if not self._fits(batch, nbytes, len(rows)):
+            return self._add_parts(key, column, rows, ids, parts, first_seq, now, refused)
+        if batch is None:
+            batch = self.pending[key] = Batch(method, model_id, now)
+            self.open.add(batch)
+        batch.extend([part for part, _ in parts], nbytes, len(rows), first_seq, column, ids)
+        if batch.size >= self.batch_size:
+            self._seal(key)
+        return len(rows)
 
-    def _add_each(
+    def _add_parts(
         self,
         key: tuple[str, str],
         column: str,
         rows: list[dict[str, Any]],
         ids: Optional[list[str]],
-        encoded: list[bytes],
+        parts: Sequence[tuple[Union[bytes, memoryview], int]],
         first_seq: int,
         now: float,
         refused: list[Refusal],
     ) -> int:
-        """A run that does not fit in its batch: event by event, sealing on the byte budget and
-        refusing what is too large alone."""
+        """A run that does not fit in its batch: part by part, and event by event in a part
+        that does not fit, sealing on the byte budget and refusing what is too large alone."""
         method, model_id = key
-        max_bytes = self.max_batch_bytes
-        added = 0
-        for index, event in enumerate(encoded):
-            event_id = None if ids is None else ids[index]
-            if len(event) >= max_bytes:
-                text = ids[index] if ids is not None else _row_id(rows[index], column)
-                reason = self._too_large(rows[index], len(event))
-                refused.append((model_id, text, method, first_seq + index, reason))
-                continue
-            batch = self.pending.get(key)
-            if batch is not None and len(batch.data) + len(event) >= max_bytes:
+        max_bytes, pending = self.max_batch_bytes, self.pending
+        added = start = 0
+        for part, count in parts:
+            batch = pending.get(key)
+            part_ids = None if ids is None else ids[start : start + count]
+            if self._fits(batch, len(part), count):
+                if batch is None:
+                    batch = pending[key] = Batch(method, model_id, now)
+                    self.open.add(batch)
+                batch.extend([part], len(part), count, first_seq + start, column, part_ids)
+                added += count
+            else:
+                for index, event in enumerate(self._events_of(part, rows[start : start + count])):
+                    seq = first_seq + start + index
+                    event_id = None if ids is None else ids[start + index]
+                    row = rows[start + index]
+                    if len(event) >= max_bytes:
+                        text = event_id if event_id is not None else _row_id(row, column)
+                        refused.append(
+                            (model_id, text, method, seq, self._too_large(row, len(event)))
+                        )
+                        continue
+                    batch = pending.get(key)
+                    if batch is not None and batch.nbytes + len(event) >= max_bytes:
+                        self._seal(key)
+                        batch = None
+                    if batch is None:
+                        batch = pending[key] = Batch(method, model_id, now)
+                        self.open.add(batch)
+                    batch.add(event_id, event, seq, column)
+                    added += 1
+                    if batch.size >= self.batch_size:
+                        self._seal(key)
+            if batch is not None and batch.size >= self.batch_size and pending.get(key) is batch:
                 self._seal(key)
-                batch = None
-            if batch is None:
-                batch = self.pending[key] = Batch(method, model_id, now)
-                self.open.add(batch)
-            batch.add(event_id, event, first_seq + index, column)
-            added += 1
-            if len(batch.ends) >= self.batch_size:
-                self._seal(key)
+            start += count
         return added
+
+    def _events_of(self, part: Union[bytes, memoryview], rows: list[dict[str, Any]]) -> list[bytes]:
+        """The encoded events of a part, one by one."""
+        data = bytes(part)
+        ends = find_ends(data, len(rows)) if len(rows) > 1 else array("q", [len(data)])
+        if ends is None:  # a value was an invalid orjson.Fragment: encode the rows again
+            return [self._encode(row) for row in rows]
+        starts = [0, *(end + 1 for end in ends[:-1])]
+        return [data[s:e] for s, e in zip(starts, ends)]
 
     def _too_large(self, row: dict[str, Any], size: int) -> str:
         sizes = sorted(((len(self._encode(v)), str(k)) for k, v in row.items()), reverse=True)
@@ -585,7 +419,7 @@ class BatchBuffer:
                     lost = batch.split_off(dead)
                     self.outstanding -= len(lost)
                     yield lost
-            if batch.ends:
+            if batch.size:
                 self.ready.append(batch)
             else:
                 self.open.discard(batch)
@@ -593,7 +427,7 @@ class BatchBuffer:
 
     def _publishes_before(self, model_id: str, seq: Optional[int]) -> bool:
         return seq is not None and any(
-            b.method == POST and b.model_id == model_id and b.ends and b.run_firsts[0] < seq
+            b.method == POST and b.model_id == model_id and b.size and b.run_firsts[0] < seq
             for b in self.open
         )
 
@@ -618,7 +452,7 @@ class BatchBuffer:
         """The smallest sequence number not yet resolved (``drained`` when all are)."""
         lowest = self.drained
         for batch in self.open:
-            if batch.ends and batch.run_firsts[0] < lowest:
+            if batch.size and batch.run_firsts[0] < lowest:
                 lowest = batch.run_firsts[0]
         return lowest
 
@@ -627,7 +461,7 @@ class BatchBuffer:
         self.drain(float("-inf"))
         self.seal_due(0.0, force=True)
         # In capture order, so that on disk every update stays behind its publish.
-        batches = sorted(self.open, key=lambda b: b.run_firsts[0] if b.ends else -1)
+        batches = sorted(self.open, key=lambda b: b.run_firsts[0] if b.size else -1)
         self.open.clear()
         self.ready.clear()
         self.held.clear()

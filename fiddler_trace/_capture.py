@@ -181,13 +181,11 @@ def remember(
     event_id: EventId,
     model_id: Optional[str],
     id_column: str,
-    settings: object = None,
     owner: Optional[int] = None,
 ) -> None:
     """Let ``update()`` find ``event_id`` without a ``model_id``; None marks a sampled-out call.
 
     ``owner``: ``RECENT.owner(model_id, id_column)`` if the caller keeps it (saves a lookup).
-    ``settings`` is not used (the registry is sized when settings are loaded).
     """
     recent = _ids.RECENT
     ids = recent.current

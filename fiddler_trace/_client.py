@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import encodings.idna  # noqa: F401  (see httpcore below)
 import platform
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Optional, Union
 
+# httpx imports httpcore (and h11, certifi; the socket module imports the idna codec) only when
+# the first client is built: on the worker's first request. There, every file read of those
+# ~40 modules gives up the GIL, and a busy caller thread then holds it for a switch interval
+# (5 ms): that import took ~1 s (measured) while the queue filled with raw events, the peak of
+# the memory held. Imported with the library instead: ~20 ms, once, on no caller's call.
+import httpcore  # noqa: F401
 import httpx
 import orjson
 
@@ -114,7 +121,7 @@ class EventsClient:
             self._events_url,
             content=body,
             headers=merged,
-            cookies=self._http.cookies,  # as Client.request would: e.g. a load balancer's
+            cookies=self._http.cookies,  # sent back as Client.request does (a load balancer)
             extensions=self._extensions,
         )
         response = self._http.send(request)

@@ -80,7 +80,7 @@ def call_sync(wrapped, instance, args, kwargs):
     set_last(event_id)
     try:
         if columns is None:
-            remember(event_id, None, id_column, None, sampled_owner)
+            remember(event_id, None, id_column, sampled_owner)
             next(pipeline.STATS.sampled_out)
         else:
 {columns}

@@ -257,7 +257,9 @@ SETTINGS: tuple[Setting, ...] = (
         "update_cache_ttl",
         "FIDDLER_TRACE_UPDATE_CACHE_TTL",
         _number(float, 0.0, low_open=True),
-        "Seconds `update()` remembers a captured event id.",
+        "Seconds `update()` remembers a captured event id, at least; ids are kept in four "
+        "generations of `update_cache_size / 4`, and a generation is forgotten this long after "
+        "it filled up.",
     ),
     Setting(
         "redact",

@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import orjson
 
@@ -34,7 +34,7 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_PAS
 _STR_KEYS = _OPTIONS & ~orjson.OPT_NON_STR_KEYS
 _MAX_REPR_CHARS = 1024
 CYCLE = "<cycle>"
-_MARK = orjson.Fragment(b"\x00")  # between the values of Encoder.many
+_MAX_LIST = 4096  # most values Encoder.joined hands orjson at once
 TRUNCATED = "...[truncated]"
 
 
@@ -136,6 +136,7 @@ class Encoder:
     ) -> None:
         self.max_value_chars = max_value_chars
         self._on_truncate = on_truncate
+        self._step = 64  # values per orjson call in joined(), adapted to the values' size
         self._warned_types: set[str] = set()
 
     def _default(self, value: Any) -> Any:
@@ -167,35 +168,44 @@ class Encoder:
         except Exception:
             return self._slow(value)
 
-    def many(self, values: list[Any]) -> list[bytes]:
-        """Encode each value as :meth:`__call__` does (the same bytes), in one orjson call.
+    def joined(self, values: list[Any]) -> list[tuple[Union[bytes, memoryview], int]]:
+        """Encode each value as :meth:`__call__` does (the same bytes), joined by commas, in as
+        few orjson calls as the truncation rule allows: parts of ``(encoded, how many values)``.
 
-        A call per value costs more than the encoding of a small row; so the values are
-        encoded as one list, with a marker between them that orjson cannot otherwise write
-        (a raw NUL byte: it escapes control characters in strings), and the output is cut at
-        the markers. Any failure falls back to one call per value. Never raises.
+        A call per value costs more than the encoding of a small row, so values go to orjson
+        as lists. A list encoding to at most ``max_value_chars`` bytes holds no string to cut,
+        so no value needs the search :meth:`__call__` makes for a longer one; lists are sized
+        to about half that from the values seen so far, and halved when one encodes longer.
+        Never raises.
         """
-        if len(values) < 2:
-            return [self(value) for value in values]
-        mixed: list[Any] = [_MARK] * (2 * len(values) - 1)
-        mixed[::2] = values
-        try:
-            whole = orjson.dumps(mixed, default=self._default, option=_STR_KEYS)
-        except Exception:
-            try:
-                whole = orjson.dumps(mixed, default=self._default, option=_OPTIONS)
-            except Exception:
-                return [self(value) for value in values]
-        parts = whole.split(b",\x00,")
-        if len(parts) != len(values):  # a NUL from an orjson.Fragment among the values
-            return [self(value) for value in values]
-        parts[0], parts[-1] = parts[0][1:], parts[-1][:-1]
         limit = self.max_value_chars
-        if len(whole) > limit and max(map(len, parts)) > limit:
-            for index, encoded in enumerate(parts):
-                if len(encoded) > limit:
-                    parts[index] = self._shorten(values[index], encoded)
+        parts: list[tuple[Union[bytes, memoryview], int]] = []
+        start, count, step = 0, len(values), self._step
+        while start < count:
+            chunk = values[start : start + step]
+            whole = self._dumps_list(chunk)
+            if whole is None:  # value by value, with the fallbacks of __call__
+                parts.append((b",".join([self(value) for value in chunk]), len(chunk)))
+            elif len(whole) - 2 <= limit:
+                parts.append((memoryview(whole)[1:-1], len(chunk)))  # without the brackets
+            elif len(chunk) > 1:
+                step = len(chunk) // 2
+                continue
+            else:
+                parts.append((self._shorten(chunk[0], whole[1:-1]), 1))
+            start += len(chunk)
+            if whole is not None:
+                step = max(1, min(_MAX_LIST, limit // 2 * len(chunk) // len(whole)))
+        self._step = step
         return parts
+
+    def _dumps_list(self, values: list[Any]) -> Optional[bytes]:
+        for option in (_STR_KEYS, _OPTIONS):
+            try:
+                return orjson.dumps(values, default=self._default, option=option)
+            except Exception:
+                continue
+        return None
 
     def _shorten(self, value: Any, encoded: bytes) -> bytes:
         """``value`` encodes to more than max_value_chars bytes: cut its long strings, if any."""

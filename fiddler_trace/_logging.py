@@ -224,7 +224,7 @@ class FiddlerHandler(logging.Handler):
             # Nothing below runs the host's code: no guard needed.
             if rate < 1.0 and draw() >= rate:
                 if given is not None:  # update() of this id is then a silent no-op
-                    remember(given, None, id_column, settings)
+                    remember(given, None, id_column)
                 next(_pipeline.STATS.sampled_out)
                 return True
             if given is None:
@@ -299,7 +299,7 @@ class FiddlerHandler(logging.Handler):
             given = columns.get(id_column)
             if rate < 1.0 and draw() >= rate:
                 if given is not None:
-                    remember(str(given), None, id_column, settings)
+                    remember(str(given), None, id_column)
                 next(_pipeline.STATS.sampled_out)
                 return
             if given is None:
@@ -313,7 +313,7 @@ class FiddlerHandler(logging.Handler):
                 columns = apply_redact(columns, self.redact)
             if settings.redact is not None:
                 columns = apply_redact(columns, settings.redact)
-            remember(event_id, model_id, id_column, settings, self._owner(model_id))
+            remember(event_id, model_id, id_column, self._owner(model_id))
             _pipeline.submit(
                 (model_id, event_id, record.created, columns, id_column, self.timestamp_column)
             )

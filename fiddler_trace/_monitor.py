@@ -328,7 +328,7 @@ class _Steps:
             event_id, start, columns, settings = state
             try:
                 if columns is None:
-                    remember(event_id, None, id_column, None, sampled_owner)
+                    remember(event_id, None, id_column, sampled_owner)
                     next(_pipeline.STATS.sampled_out)
                     if DEFERRED:
                         DEFERRED.pop(event_id, None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from fiddler_trace._buffer import PATCH, Batch
+from fiddler_trace._encoded import PATCH, Batch
 from fiddler_trace._spool import Record, Spool
 from fiddler_trace._stats import Stats
 
@@ -51,9 +51,11 @@ class Spooler:
     def keep(self, batch: Batch) -> bool:
         """Write the batch to disk; False if that failed (the caller counts it as failed)."""
         try:
-            evicted = self.spool.append(
-                batch.method, batch.model_id, batch.event_ids(), batch.ends, bytes(batch.data)
-            )
+            data = batch.data
+            # Offsets unknown (an invalid orjson.Fragment among the values): any that the
+            # reader rejects, so that it looks for them again, as here.
+            ends = batch.offsets() or [len(data)] * len(batch)
+            evicted = self.spool.append(batch.method, batch.model_id, batch.event_ids(), ends, data)
         except OSError as error:
             self.stats.last_error = f"spool: {error}"
             logger.warning(

@@ -64,25 +64,37 @@ def check_model_id(model_id: Any) -> str:
 
 
 def publish_body(
-    model_id: str, joined_events: bytes | bytearray, *, env_type: str, env_name: Optional[str]
+    model_id: str,
+    joined_events: Union[bytes, bytearray, memoryview, Sequence[Union[bytes, memoryview]]],
+    *,
+    env_type: str,
+    env_name: Optional[str],
 ) -> bytes:
     """A ``PublishEventsRequest`` with an ``EVENTS`` source around pre-encoded events.
 
     Args:
-        joined_events: the encoded events joined by commas (no brackets).
+        joined_events: the encoded events joined by commas (no brackets); or a list of parts,
+            each of encoded events joined by commas, to be joined by commas too (in the body,
+            with no copy of their own).
     """
     head: dict[str, Any] = {"model_id": model_id, "env_type": env_type}
     if env_name is not None:
         head["env_name"] = env_name
     # The head's closing brace is dropped to append the source without re-encoding the events.
-    return b"".join(
-        (
-            orjson.dumps(head)[:-1],
-            b',"source":{"type":"EVENTS","events":[',
-            joined_events,
-            b"]}}",
-        )
-    )
+    pieces: list[Union[bytes, bytearray, memoryview]] = [
+        orjson.dumps(head)[:-1] + b',"source":{"type":"EVENTS","events":['
+    ]
+    parts = [joined_events] if isinstance(joined_events, _BUFFERS) else joined_events
+    for part in parts:
+        pieces.append(part)
+        pieces.append(b",")
+    if parts:
+        pieces.pop()
+    pieces.append(b"]}}")
+    return b"".join(pieces)
+
+
+_BUFFERS = (bytes, bytearray, memoryview)
 
 
 def chunks(encoded: Sequence[bytes], max_events: int, max_bytes: int) -> Iterator[Sequence[bytes]]:

@@ -14,8 +14,9 @@ import time
 from typing import Callable, Optional
 
 from fiddler_trace import _retry
-from fiddler_trace._buffer import POST, Batch, BatchBuffer
+from fiddler_trace._buffer import BatchBuffer
 from fiddler_trace._clock import Clock
+from fiddler_trace._encoded import POST, Batch
 from fiddler_trace._errors import FiddlerAPIError
 from fiddler_trace._retry import Outcome
 from fiddler_trace._spooler import ReplayMark, Spooler
@@ -217,7 +218,7 @@ class BatchWorker:
         if batch.first_attempt is None:
             batch.first_attempt = now
         headers = {"X-Fiddler-Client-Retry": str(batch.attempts)} if batch.attempts else None
-        body = publish_body(batch.model_id, batch.data, env_type="PRODUCTION", env_name=None)
+        body = publish_body(batch.model_id, batch.parts(), env_type="PRODUCTION", env_name=None)
         try:
             self._send(batch.method, body, headers)
         except Exception as error:
@@ -243,8 +244,8 @@ class BatchWorker:
             self._retry_later(batch, error)
         elif outcome is Outcome.CONFLICT and (batch.attempts > 0 or batch.origin is not None):
             self._delivered(batch)  # a retry, or a replay: an earlier attempt landed
-        elif outcome in (Outcome.SPLIT, Outcome.BISECT) and len(batch) > 1:
-            self._split(batch)
+        elif outcome in (Outcome.SPLIT, Outcome.BISECT) and len(batch) > 1 and self._split(batch):
+            pass  # its halves go first
         elif outcome is Outcome.BISECT:
             self._fail(
                 batch,
@@ -312,14 +313,18 @@ class BatchWorker:
         else:
             self.buffer.resolve(batch, delivered)
 
-    def _split(self, batch: Batch) -> None:
+    def _split(self, batch: Batch) -> bool:
+        """Send the batch as two halves; False if its events cannot be told apart."""
         parts = batch.halves()
+        if parts is None:
+            return False
         if isinstance(batch.origin, ReplayMark):
             assert self.spooler is not None
             self.spooler.split(batch.origin, len(parts))
             self.buffer.ready.extendleft(reversed(parts))
         else:
             self.buffer.replace(batch, parts)
+        return True
 
     def _keep(self, batch: Batch) -> bool:
         """Write a live batch to the spool; it then counts as resolved, not delivered."""

@@ -196,6 +196,28 @@ def test_name_doc_signature_and_coroutine_check_survive():
     assert inspect.unwrap(nested_inner).__name__ == "nested_inner"
 
 
+def test_decorating_leaves_the_hosts_function_object_as_it_was():
+    """The wrapper calls a copy of a plain function (see _monitor._probe_free): the host's own
+    function object gains no attribute, and its attributes, defaults and closure carry over."""
+    factor = 10
+
+    def scale(x, y=2, *, z=3):
+        return {"value": (x + y + z) * factor}
+
+    scale.version = "v7"  # type: ignore[attr-defined]
+    before = dict(scale.__dict__)
+    monitored = monitor(MODEL)(scale)
+    assert scale.__dict__ == before
+    assert monitored.version == "v7"
+    assert monitored.__wrapped__.__code__ is scale.__code__
+    assert getattr(monitored, "__self__", None) is None
+    with testing.capture() as events:
+        assert monitored(1) == {"value": 60}
+        assert monitored(1, 1, z=1) == {"value": 30}
+    assert [row["value"] for row in events] == [60, 30]
+    assert (events[0]["x"], events[0]["y"], events[0]["z"]) == (1, 2, 3)
+
+
 def test_two_monitors_on_one_function_make_one_event_each():
     """Stacked monitors of two models: one event per model per call."""
 
