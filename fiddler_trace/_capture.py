@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from fiddler_trace import _ids, _otel, _pipeline
+from fiddler_trace import _forks, _ids, _otel, _pipeline
 from fiddler_trace._clock import monotonic
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
@@ -48,6 +49,17 @@ _reported: dict[str, float] = {}
 #: Updates made inside the monitored call of their own event, by event id: that event is
 #: submitted only when the call returns, so they wait for it here (see :func:`release_updates`).
 DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]]] = {}
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread lives on: the updates deferred by other threads' calls would wait
+    # for events that are never submitted here.
+    mine = _ids.RUNNING.get(threading.get_ident())
+    for event_id in [key for key in DEFERRED if key != mine]:
+        DEFERRED.pop(event_id, None)
+
+
+_forks.in_child(_after_fork_in_child)
 
 
 def release_updates(event_id: EventId, model_id: str, id_column: str, submitted: bool) -> None:

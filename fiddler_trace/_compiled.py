@@ -20,8 +20,8 @@ The generated source is :data:`_TEMPLATE` with the blanks filled from the functi
 
 from __future__ import annotations
 
+import threading
 import time
-from threading import get_ident
 from typing import Any, Callable, Optional
 
 from fiddler_trace import _ids, _otel, _pipeline
@@ -59,7 +59,7 @@ def call_sync(wrapped, instance, args, kwargs):
         event_id = None
     if event_id is None:  # the host's call must not sit inside our except block
         return wrapped(*args, **kwargs)
-    thread = get_ident()
+    thread = threading.get_ident()  # looked up per call: gevent patches it to name greenlets
     outer = running.get(thread)  # a monitored call this one is nested in
     running[thread] = event_id
     try:
@@ -202,7 +202,7 @@ def compile_sync_wrapper(
         "keep_bits": KEEP_BITS,
         "v4_bits": V4_BITS,
         "draw": draw,
-        "get_ident": get_ident,
+        "threading": threading,
         "running": RUNNING,
         "set_last": LAST.set,
         "otel_context": _otel.get_context,

@@ -21,7 +21,6 @@ import os
 import random
 import threading
 import uuid
-from threading import get_ident
 from typing import Optional, Union
 
 from fiddler_trace._clock import monotonic
@@ -106,7 +105,9 @@ def seed(value: Optional[int] = None) -> None:
 #: The event id of the innermost sync monitored call running on each thread, by thread ident.
 #: A sync call cannot be suspended, so while it runs no other task of its thread runs: a dict
 #: entry is as private as a context variable, at a third of the cost of setting and resetting
-#: one (the hot path does it on every call).
+#: one (the hot path does it on every call). ``threading.get_ident`` is looked up on each use:
+#: gevent and eventlet, which do suspend sync code, patch it to name the greenlet, and may do
+#: so after this module is imported.
 RUNNING: dict[int, EventId] = {}
 #: For async and ``batch=True`` calls, which can be suspended: ``(event id or None for a batch
 #: call, the thread's RUNNING entry when the call began)``. The second item orders the two:
@@ -134,7 +135,7 @@ def current_event_id() -> Optional[str]:
 def running_id() -> Optional[EventId]:
     """The id of the innermost monitored call running in this thread or task (None in a
     ``batch=True`` call)."""
-    sync = RUNNING.get(get_ident())
+    sync = RUNNING.get(threading.get_ident())
     task = CURRENT.get()
     if task is None:
         return sync
@@ -149,7 +150,7 @@ def enter_task(event_id: Optional[EventId]) -> object:
     """Mark an async or ``batch=True`` call as running in this context; returns what
     :func:`leave_task` restores."""
     previous = CURRENT.get()
-    CURRENT.set((event_id, RUNNING.get(get_ident())))
+    CURRENT.set((event_id, RUNNING.get(threading.get_ident())))
     return previous
 
 
@@ -306,10 +307,12 @@ def reset() -> None:
 
 
 def after_fork() -> None:
-    """In a forked child: a random source of its own, and none of the parent's ids."""
+    """In a forked child: a random source of its own, and only the forking thread's running
+    call (a new thread of the child may get the ident of one of the parent's)."""
     seed()
     RECENT.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=after_fork)
+    me = threading.get_ident()
+    mine = RUNNING.get(me)
+    RUNNING.clear()
+    if mine is not None:
+        RUNNING[me] = mine

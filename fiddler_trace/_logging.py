@@ -14,12 +14,11 @@ redactor that logs, say) are skipped.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from fiddler_trace import _ids, _otel, _pipeline
+from fiddler_trace import _forks, _ids, _otel, _pipeline
 from fiddler_trace._capture import (
     apply_redact,
     check_column,
@@ -76,8 +75,7 @@ def _after_fork_in_child() -> None:
     _busy.intersection_update({_get_ident()})
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_forks.in_child(_after_fork_in_child)
 
 
 class FiddlerHandler(logging.Handler):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import httpx
 
-from fiddler_trace import _ids
+from fiddler_trace import _forks, _ids
 from fiddler_trace._buffer import BatchBuffer, Item
 from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
@@ -311,16 +311,26 @@ def _start() -> Optional[Pipeline]:
         pid = os.getpid()
         if _current is not None and _current.pid == pid:
             return _current
+        stale = 0
         if _current is not None or _ids.seeded_in != pid:
-            # A fork that bypassed os.register_at_fork (uWSGI forks from C): do here what the
-            # hooks would have done, or this child would draw its parent's (and its siblings')
-            # event ids.
-            _after_fork_in_child()
-            _ids.after_fork()
+            # A fork that bypassed the fork hooks (a C fork outside uWSGI): do now what they
+            # would have done, or this child would draw its parent's (and its siblings') ids.
+            stale = 0 if _current is None else _current.buffer.depth()
+            _forks.run_child_hooks()
         active = settings()
         if _exiting or not active.enabled:
             return None
         _current = Pipeline(active, stats=STATS, transport=_transport)
+        if stale:
+            # The parent's queue, copied: its events are the parent's to send, and events this
+            # process captured before the fork was noticed are among them. Said, and counted as
+            # dropped so that a flush() reports them.
+            Stats.add(STATS.dropped, stale)
+            logger.warning(
+                "fiddler_trace: this process was forked without Python's fork hooks while up "
+                "to %d events were queued; events it captured before noticing are not sent",
+                stale,
+            )
         return _current
 
 
@@ -408,6 +418,8 @@ def install_sink(sink: Optional[Sink]) -> Optional[Sink]:
 
 def flush(timeout: Optional[float] = None) -> bool:
     """See :func:`fiddler_trace.flush`."""
+    if _current is not None and _current.pid != os.getpid():
+        ready()  # a fork that bypassed the hooks, not noticed yet: what it lost counts
     pipeline = current()
     return True if pipeline is None else pipeline.flush(timeout)
 
@@ -472,5 +484,6 @@ def _after_fork_in_child() -> None:
 
 
 atexit.register(_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_forks.in_child(_ids.after_fork)
+_forks.in_child(_after_fork_in_child)
+_forks.register_with_uwsgi()

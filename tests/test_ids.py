@@ -155,6 +155,24 @@ def test_a_sync_call_of_another_thread_is_not_current_here():
             thread.join(timeout=10)
 
 
+def test_the_current_call_follows_a_patched_thread_ident(monkeypatch):
+    """gevent and eventlet patch threading.get_ident to name the greenlet, possibly after this
+    library was imported: a sync call's current id is then kept per greenlet."""
+    seen = {}
+
+    @monitor(MODEL)
+    def predict():
+        seen["running"] = dict(_ids.RUNNING)
+        seen["current"] = fiddler_trace.current_event_id()
+
+    monkeypatch.setattr(threading, "get_ident", lambda: -42)  # the greenlet's "ident"
+    with testing.capture() as events:
+        predict()
+    assert list(seen["running"]) == [-42]
+    assert seen["current"] == events[0]["event_id"]
+    assert _ids.RUNNING == {}
+
+
 def test_ids_are_per_thread():
     """Threads each see their own current and last ids."""
     results: dict[int, tuple[Any, Any]] = {}
@@ -230,6 +248,42 @@ def test_a_forked_child_draws_different_ids():
     assert os.WEXITSTATUS(status) == 0
     assert uuid.UUID(child_id).version == 4
     assert child_id != _ids.new_event_id()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_call_running_in_another_thread_at_a_fork_is_not_current_in_the_child():
+    """A thread inside a monitored call when the process forks does not exist in the child: its
+    call is nobody's current call there, and the updates deferred by it are dropped."""
+    inside, release = threading.Event(), threading.Event()
+
+    @monitor(MODEL)
+    def slow():
+        fiddler_trace.update(fiddler_trace.current_event_id(), {"target": 1})  # deferred
+        inside.set()
+        release.wait(timeout=10)
+
+    with testing.capture():
+        thread = threading.Thread(target=slow)
+        thread.start()
+        assert inside.wait(timeout=10)
+        assert len(_ids.RUNNING) == 1
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                from fiddler_trace._capture import DEFERRED
+
+                os.write(write, f"{len(_ids.RUNNING)} {len(DEFERRED)}".encode())
+            finally:
+                os._exit(0)
+        release.set()
+        thread.join(timeout=10)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100).decode() == "0 0"
+    os.close(read)
 
 
 # -- timestamps ------------------------------------------------------------------------------
