@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any, Optional
 
 import httpx
 import orjson
+from hotpath import start_collector  # benchmarks/ is on sys.path when run as a script
 
 from fiddler_trace.collector import Collector
 
@@ -108,21 +108,6 @@ def run_once(
     }
 
 
-def start_subprocess(db: str) -> tuple[subprocess.Popen[str], str]:
-    """``fiddler-trace collector`` in a subprocess; returns it and the URL it printed."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fiddler_trace", "collector", "--port", "0", "--db", db],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    match = re.search(r"http://[0-9A-Za-z.\-\[\]:]+", process.stdout.readline())
-    if match is None:
-        process.kill()
-        raise SystemExit("the collector did not say where it listens")
-    return process, match.group(0).rstrip(".,;:")
-
-
 def remove_database(db: str) -> None:
     """Delete a file database and its WAL, so the run starts from an empty store."""
     if db != ":memory:":
@@ -155,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         url, target = collector.url, f"in-process, db {args.db}"
     else:
         remove_database(args.db)
-        process, url = start_subprocess(args.db)
+        process, url = start_collector(args.db)
         target = f"subprocess, db {args.db}"
     runs: list[dict[str, Optional[float]]] = []
     try:

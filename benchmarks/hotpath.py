@@ -96,10 +96,10 @@ def paired(bare: list[float], other: list[float]) -> dict[str, float]:
 # -- the collector and the sinks ------------------------------------------------------------
 
 
-def start_collector() -> tuple[subprocess.Popen[str], str]:
+def start_collector(db: str = ":memory:") -> tuple[subprocess.Popen[str], str]:
     """``fiddler-trace collector`` in a subprocess (its own GIL); returns it and its URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fiddler_trace", "collector", "--port", "0", "--db", ":memory:"],
+        [sys.executable, "-m", "fiddler_trace", "collector", "--port", "0", "--db", db],
         stdout=subprocess.PIPE,
         text=True,
     )

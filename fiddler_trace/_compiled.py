@@ -41,7 +41,7 @@ Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
 _TEMPLATE = """\
 def call_sync(wrapped, instance, args, kwargs):
-    # Only called while capturing() is true (wrapt checks it first).
+    # Only called while capture is on: wrapt tests pipeline.CAPTURING first.
     try:
         settings = pipeline._settings or settings_now()
         current = pipeline._current
