@@ -7,9 +7,12 @@
   attribute). So an id is seen only as a string, and the caller's thread never formats one.
   The random source is this module's own ``random.Random`` (the host's ``random.seed()``
   neither affects nor is affected by it), reseeded from ``os.urandom`` in a forked child so
-  that parent and child never share ids.
-- ``current_event_id()`` / ``last_event_id()`` / ``last_event_ids()`` read context variables:
-  each thread and each asyncio task has its own, so ids never leak between concurrent tasks.
+  that parent and child never share ids; :data:`seeded_in` lets a child forked without the
+  fork hooks notice.
+- ``last_event_id()`` / ``last_event_ids()`` read a context variable, and ``current_event_id()``
+  the innermost of a sync call's per-thread entry (:data:`RUNNING`) and an async or batch call's
+  context variable (:func:`running_id`): each thread and each asyncio task sees only its own,
+  so ids never leak between concurrent tasks.
 - :class:`RecentIds` remembers, for ``update()``, the model and event id column of ids captured
   by this process (keyed by the int for drawn ids, by the string for ids the caller supplied).
 """

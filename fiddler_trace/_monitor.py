@@ -51,7 +51,7 @@ from fiddler_trace._ids import (
 )
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
 
-__all__ = ["Capture", "capturing", "monitor"]
+__all__ = ["Capture", "monitor"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
@@ -148,11 +148,6 @@ def monitor(
         return capture.wrap(func)  # type: ignore[no-any-return]
 
     return decorate
-
-
-def capturing() -> bool:
-    """Whether monitored calls are captured now (wrapt tests ``_pipeline.CAPTURING``)."""
-    return _pipeline.capturing
 
 
 class Capture:
@@ -411,4 +406,4 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         finish(state, result)
         return result
 
-    return run  # only called while capturing() is true; off, wrapt returns the host's coroutine
+    return run  # only called while capture is on; off, wrapt returns the host's coroutine
