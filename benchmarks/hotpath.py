@@ -299,9 +299,9 @@ def micro_child(repeats: int, sections: set[str]) -> None:
 def bench_micro(processes: int, repeats: int, sections: set[str]) -> dict[str, Any]:
     """Run :func:`micro_child` in ``processes`` fresh interpreters and pool their runs.
 
-    Fresh processes, because one interpreter's speed depends on where its memory landed
-    (address space layout): on the reference machine one process may run every loop 1.7x
-    slower than the next. Pooling the runs of several gives a median across layouts.
+    Fresh processes, because one interpreter's speed depends on the vCPU it lands on: on the
+    reference machine one (``taskset -c 1``) runs every loop ~1.6x slower than the other.
+    Pooling the runs of several processes gives a median across both.
     """
     pooled: dict[str, dict[str, list[float]]] = {}
     for _ in range(processes):
