@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Optional
 
 import httpx
@@ -34,3 +35,14 @@ def publish(client: httpx.Client, events: list[Any], model_id: str = MODEL) -> l
     response = client.post("/v3/events", json=body(events, model_id))
     assert response.status_code == 200, response.text
     return list(response.json()["data"]["event_ids"])
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send raw bytes; return the response head and what follows until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any, Optional
 
 import httpx
 import orjson
 import pytest
-from collector_http import client_for
+from collector_http import client_for, raw_exchange
 
 from fiddler_trace.collector import Collector
 from fiddler_trace.collector._validate import parse_time
@@ -260,17 +259,6 @@ def test_head_is_405_without_a_body(client: httpx.Client) -> None:
 def test_unknown_method_is_answered_in_the_envelope(client: httpx.Client) -> None:
     """A method http.server does not know gets the error envelope too."""
     assert_error(client.request("BREW", "/v3/events"), 501, "not_implemented", "BREW")
-
-
-def raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
-    """Send raw bytes; return the response head and what follows until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, rest = received.partition(b"\r\n\r\n")
-    return head, rest
 
 
 def test_oversized_body_is_413_before_reading_and_closes(collector: Collector) -> None:

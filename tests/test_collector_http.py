@@ -5,12 +5,12 @@ from __future__ import annotations
 import email.utils
 import http.client
 import io
-import socket
 from collections.abc import Iterator
 from typing import Any, Union
 
 import orjson
 import pytest
+from collector_http import raw_exchange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,20 +74,9 @@ def collector() -> Iterator[Collector]:
         yield running
 
 
-def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
-    """Send raw bytes; return the response head and body, read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, rest = received.partition(b"\r\n\r\n")
-    return head, rest
-
-
 def test_a_malformed_request_line_is_answered_in_the_envelope(collector: Collector) -> None:
     """A request line http.server refuses gets a 400 in the error envelope, then a close."""
-    head, rest = exchange(collector.port, b"POST /v3/events extra HTTP/1.1\r\n\r\n")
+    head, rest = raw_exchange(collector.port, b"POST /v3/events extra HTTP/1.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"Connection: close" in head.split(b"\r\n")
     error = orjson.loads(rest)["error"]
@@ -97,7 +86,7 @@ def test_a_malformed_request_line_is_answered_in_the_envelope(collector: Collect
 
 def test_response_head_has_status_server_date_and_length(collector: Collector) -> None:
     """The head names the server, dates the response and gives the body's length."""
-    head, rest = exchange(
+    head, rest = raw_exchange(
         collector.port,
         b"GET /v3/events HTTP/1.1\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n",
     )

@@ -9,7 +9,7 @@ import os
 import threading
 import uuid
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from freezegun import freeze_time
@@ -228,24 +228,30 @@ def test_ids_never_leak_between_concurrent_tasks():
     assert parents_last is None  # the tasks' ids stayed in the tasks
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_draws_different_ids():
-    """After fork the child's random source is reseeded: it never repeats the parent's ids."""
-    _ids.seed(1234)
+def in_forked_child(report: Callable[[], str]) -> str:
+    """Fork; in the child, run ``report`` and hand its text back; return that text."""
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            os.write(write, _ids.new_event_id().encode())
+            os.write(write, report().encode())
         finally:
             os._exit(0)
     os.close(write)
     _, status = os.waitpid(pid, 0)
-    child_id = os.read(read, 100).decode()
+    text = os.read(read, 1000).decode()
     os.close(read)
     assert os.WEXITSTATUS(status) == 0
+    return text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_different_ids():
+    """After fork the child's random source is reseeded: it never repeats the parent's ids."""
+    _ids.seed(1234)
+    child_id = in_forked_child(_ids.new_event_id)
     assert uuid.UUID(child_id).version == 4
     assert child_id != _ids.new_event_id()
 
@@ -267,23 +273,18 @@ def test_a_call_running_in_another_thread_at_a_fork_is_not_current_in_the_child(
         thread.start()
         assert inside.wait(timeout=10)
         assert len(_ids.RUNNING) == 1
-        read, write = os.pipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                from fiddler_trace._capture import DEFERRED
 
-                os.write(write, f"{len(_ids.RUNNING)} {len(DEFERRED)}".encode())
-            finally:
-                os._exit(0)
-        release.set()
-        thread.join(timeout=10)
-    os.close(write)
-    os.waitpid(pid, 0)
-    assert os.read(read, 100).decode() == "0 0"
-    os.close(read)
+        def report() -> str:
+            from fiddler_trace._capture import DEFERRED
+
+            return f"{len(_ids.RUNNING)} {len(DEFERRED)}"
+
+        try:
+            in_child = in_forked_child(report)
+        finally:
+            release.set()
+            thread.join(timeout=10)
+    assert in_child == "0 0"
 
 
 # -- timestamps ------------------------------------------------------------------------------
