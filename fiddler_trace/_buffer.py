@@ -30,7 +30,7 @@ from uuid import UUID
 
 from fiddler_trace._encoded import PATCH, POST, Batch, find_ends
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
-from fiddler_trace._ids import id_text
+from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, id_bits, id_text
 
 __all__ = ["BatchBuffer", "Item", "Refusal"]
 
@@ -124,9 +124,11 @@ class BatchBuffer:
         self._wake = wake
         self._dropped = dropped
         self.queue: collections.deque[Item] = collections.deque()
-        self.accepted = itertools.count()  # items ever offered and kept; the flush mark
         self.outstanding = 0  # drained but not yet resolved; written by the worker only
         self.drained = 0  # next sequence number
+        # Held by the worker while it drains: a queued item is then either still queued or
+        # drained, numbered and its id remembered for update() (see flush_mark, find_queued).
+        self._drain_lock = threading.RLock()
         self.pending: dict[tuple[str, str], Batch] = {}
         self.ready: collections.deque[Batch] = collections.deque()
         self.held: list[Batch] = []  # update batches waiting for their publishes
@@ -144,13 +146,15 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
-            if not isinstance(item, Update) and len(self.dropped_ids) < self.max_events:
-                # So that a later update of this event is dropped too, not sent for an event
-                # the server never got. A dict set is atomic; the worker moves these on.
-                self.dropped_ids[hash((item[0], id_text(item[1])))] = True
+            if not isinstance(item, Update):
+                # update() finds the id (the worker remembers the ids it drains), and a later
+                # update of this event is dropped too, not sent for an event the server never
+                # got. A dict set is atomic; the worker moves these on.
+                RECENT.add(item[1], item[0], item[4])
+                if len(self.dropped_ids) < self.max_events:
+                    self.dropped_ids[hash((item[0], id_text(item[1])))] = True
             return False
         queue.append(item)
-        next(self.accepted)
         depth = len(queue)
         # Wake the worker when a batch starts (so its age counts from now) and when one fills.
         if (depth == 1 or depth >= self.batch_size) and not self._wake.is_set():
@@ -161,23 +165,55 @@ class BatchBuffer:
         """Events held: queued plus drained and unresolved."""
         return len(self.queue) + self.outstanding
 
+    def flush_mark(self) -> int:
+        """The sequence number the next item queued will get: a flush now waits for every
+        item below it. Any thread."""
+        # Counted here rather than by each producer: a counter bumped per event would cost the
+        # caller's thread more than this costs a flush.
+        with self._drain_lock:
+            return self.drained + len(self.queue)
+
+    def find_queued(self, event_id: str) -> Optional[tuple[str, str]]:
+        """``(model_id, id_column)`` of a publish of ``event_id`` still queued, or None (once it
+        is drained, :data:`~fiddler_trace._ids.RECENT` knows it). For an ``update()`` made right
+        after the capture; any thread, O(queue)."""
+        bits = id_bits(event_id)
+        drawn = None if bits is None else bits & KEEP_BITS  # a queued drawn id is 128 raw bits
+        with self._drain_lock:
+            for item in list(self.queue):
+                if type(item) is not tuple and isinstance(item, Update):
+                    continue
+                queued = item[1]
+                if queued == event_id or (type(queued) is int and queued & KEEP_BITS == drawn):
+                    return item[0], item[4]
+        return None
+
     # -- worker side: the worker thread only ---------------------------------------------------
 
     def drain(self, now: float) -> list[Refusal]:
         """Move queued items into batches. Returns the items refused, as
         ``(model_id, event_id, method, seq, reason)``."""
+        refused: list[Refusal] = []
+        if not self.queue:
+            return refused
+        with self._drain_lock:
+            self._drain(now, refused)
+        return refused
+
+    def _drain(self, now: float, refused: list[Refusal]) -> None:
         # This runs once per event, with the GIL the callers need: the loop only completes the
         # row (publish_row, inlined, with one timestamp string per millisecond: a burst of
-        # events shares most of them) and appends it to the current run, consecutive items of
-        # one (method, model_id, id column) that fit in one batch; _add_run encodes and adds a
-        # run at once. Everything it reads is a local.
-        refused: list[Refusal] = []
+        # events shares most of them), remembers the id for update() and appends the row to
+        # the current run, consecutive items of one (method, model_id, id column) that fit in
+        # one batch; _add_run encodes and adds a run at once. Everything it reads is a local.
         queue = self.queue
-        if not queue:
-            return refused
         pending, batch_size, popleft = self.pending, self.batch_size, queue.popleft
         new_object, set_uuid_int, uuid_type, update_type = _new_object, _set_uuid_int, UUID, Update
-        plain, number = tuple, int
+        plain, number, keep_bits, v4_bits = tuple, int, KEEP_BITS, V4_BITS
+        # The ids update() can find: consecutive publishes of a run share one owner.
+        recent = RECENT
+        remembered, owner_of, generation_size = recent.current, recent.owner, recent.generation_size
+        run_owner = 0
         stamp, stamp_from, stamp_to = self._stamp, self._stamp_from, self._stamp_to
         first = self.drained  # sequence number of the first item
         # Counted one by one, at once: producers bound the memory held by the queue plus this.
@@ -198,6 +234,9 @@ class BatchBuffer:
                     if type(item) is plain or not isinstance(item, update_type):
                         model_id, event_id, timestamp, row, id_column, ts_column = item
                         if type(event_id) is number:
+                            # The caller's thread drew 128 bits: the version and variant bits
+                            # are set here, where every drawn id passes (see _ids).
+                            event_id = event_id & keep_bits | v4_bits
                             uid = new_object(uuid_type)
                             set_uuid_int(uid, event_id)
                             row[id_column] = uid
@@ -216,9 +255,15 @@ class BatchBuffer:
                             and (model_id is post_model or model_id == post_model)
                             and (id_column is run_column or id_column == run_column)
                         ):
+                            remembered[event_id] = run_owner
                             rows.append(row)
                             room -= 1
                             continue
+                        if len(remembered) >= generation_size:  # checked once a run
+                            recent.rotate()
+                            remembered = recent.current
+                        run_owner = owner_of(model_id, id_column)
+                        remembered[event_id] = run_owner
                         method, column, event_ids = POST, id_column, None
                     else:
                         row = update_row(item)
@@ -260,7 +305,6 @@ class BatchBuffer:
             self.drained = first + taken
             # Refused items, and items lost to an error, are not held.
             self.outstanding -= taken - added
-        return refused
 
     def _encode_each(self, rows: list[dict[str, Any]]) -> list[tuple[bytes, int]]:
         return [(self._encode(row), 1) for row in rows]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -22,7 +21,7 @@ from fiddler_trace._clock import monotonic
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._event import Update
-from fiddler_trace._ids import EventId, id_text
+from fiddler_trace._ids import KEEP_BITS, V4_BITS, EventId, id_text
 
 __all__ = [
     "Redact",
@@ -53,9 +52,9 @@ DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]
 
 def _after_fork_in_child() -> None:
     # Only the forking thread lives on: the updates deferred by other threads' calls would wait
-    # for events that are never submitted here.
-    mine = _ids.RUNNING.get(threading.get_ident())
-    for event_id in [key for key in DEFERRED if key != mine]:
+    # for events that are never submitted here. This hook runs on the forking thread's stack.
+    mine = set(_ids.running_ids())
+    for event_id in [key for key in DEFERRED if key not in mine]:
         DEFERRED.pop(event_id, None)
 
 
@@ -196,11 +195,14 @@ def remember(
     owner: Optional[int] = None,
 ) -> None:
     """Let ``update()`` find ``event_id`` without a ``model_id``; None marks a sampled-out call.
+    (The worker remembers the events it drains: this is for the events that never reach it.)
 
     ``owner``: ``RECENT.owner(model_id, id_column)`` if the caller keeps it (saves a lookup).
     """
     recent = _ids.RECENT
     ids = recent.current
+    if type(event_id) is int:
+        event_id = event_id & KEEP_BITS | V4_BITS
     ids[event_id] = recent.owner(model_id, id_column) if owner is None else owner
     if len(ids) >= recent.generation_size:
         recent.rotate()
@@ -215,12 +217,10 @@ def deliver(
     ts_column: str,
     redact: Redact,
     settings: Settings,
-    owner: int,
 ) -> None:
-    """Add the trace columns, redact, remember the id and submit the event.
+    """Add the trace columns, redact and submit the event (the worker remembers its id).
 
-    ``owner`` is ``RECENT.owner(model_id, id_column)``, looked up once by the caller. The
-    decorator's sync wrapper inlines this function: keep the two alike.
+    The decorator's sync wrapper inlines this function: keep the two alike.
     May raise (a redactor, an OpenTelemetry SDK): the caller reports it.
     """
     # The empty-context check of add_trace_columns, inlined: most calls have no span.
@@ -229,11 +229,6 @@ def deliver(
         columns = apply_redact(columns, redact)
     if settings.redact is not None:
         columns = apply_redact(columns, settings.redact)
-    recent = _ids.RECENT
-    ids = recent.current
-    ids[event_id] = owner
-    if len(ids) >= recent.generation_size:
-        recent.rotate()
     _pipeline.submit((model_id, event_id, timestamp, columns, id_column, ts_column))
     next(_pipeline.STATS.captured)
     if span is not None:

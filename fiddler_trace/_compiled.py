@@ -20,11 +20,10 @@ The generated source is :data:`_TEMPLATE` with the blanks filled from the functi
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable, Optional
 
-from fiddler_trace import _ids, _otel, _pipeline
+from fiddler_trace import _otel, _pipeline
 from fiddler_trace._capture import (
     DEFERRED,
     apply_redact,
@@ -33,14 +32,14 @@ from fiddler_trace._capture import (
     remember,
     report,
 )
-from fiddler_trace._ids import KEEP_BITS, LAST, RUNNING, V4_BITS, draw, getrandbits, id_text
+from fiddler_trace._ids import LAST, WRAPPER_NAME, draw, getrandbits, id_text
 
 __all__ = ["compile_sync_wrapper"]
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
 _TEMPLATE = """\
-def call_sync(wrapped, instance, args, kwargs):
+def fiddler_trace_monitored_call(wrapped, instance, args, kwargs):
     # Only called while capture is on: wrapt tests pipeline.CAPTURING first.
     try:
         settings = pipeline._settings or settings_now()
@@ -48,7 +47,7 @@ def call_sync(wrapped, instance, args, kwargs):
         if current is None or not current.buffer.queue:
             ready()  # a first capture, or a fork that bypassed the hooks: reseed first
         start = time.time()  # looked up per call: freezegun replaces it
-        # The id as a UUID4's int (see _ids): formatting it would cost 4x drawing it.
+        # The id as 128 random bits: the worker makes them a UUID4 (see _ids).
         event_id = {new_id}
         rate = {rate}
         if rate < 1.0 and draw() >= rate:
@@ -59,9 +58,8 @@ def call_sync(wrapped, instance, args, kwargs):
         event_id = None
     if event_id is None:  # the host's call must not sit inside our except block
         return wrapped(*args, **kwargs)
-    thread = threading.get_ident()  # looked up per call: gevent patches it to name greenlets
-    outer = running.get(thread)  # a monitored call this one is nested in
-    running[thread] = event_id
+    # current_event_id() finds this frame by its function's name and reads this local.
+    fiddler_trace_running_id = event_id
     try:
         # Without keywords, a call without the empty mapping skips unpacking it.
         result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
@@ -72,11 +70,7 @@ def call_sync(wrapped, instance, args, kwargs):
         if DEFERRED:
             DEFERRED.pop(event_id, None)
         raise
-    finally:
-        if outer is None:
-            running.pop(thread, None)
-        else:
-            running[thread] = outer
+    fiddler_trace_running_id = None
     set_last(event_id)
     try:
         if columns is None:
@@ -91,11 +85,6 @@ def call_sync(wrapped, instance, args, kwargs):
                 columns = apply_redact(columns, redact)
             if settings.redact is not None:
                 columns = apply_redact(columns, settings.redact)
-            recent = ids.RECENT
-            remembered = recent.current
-            remembered[event_id] = owner
-            if len(remembered) >= recent.generation_size:
-                recent.rotate()
             item = (model_id, event_id, start, columns, id_column, ts_column)
             current = pipeline._current
             if pipeline._sink is None and current is not None and current.running:
@@ -107,7 +96,6 @@ def call_sync(wrapped, instance, args, kwargs):
                     and depth + buffer.outstanding < buffer.max_events
                 ):
                     queue.append(item)
-                    next(buffer.accepted)
                 else:
                     submit(item)
             else:
@@ -184,9 +172,7 @@ def compile_sync_wrapper(
         else f"            {outputs.replace(chr(10) + '    ', chr(10))}"
     )
     source = _TEMPLATE.format(
-        new_id="draw_bits(128) & keep_bits | v4_bits"
-        if steps.id_from is None
-        else "id_from(args, kwargs)",
+        new_id="draw_bits(128)" if steps.id_from is None else "id_from(args, kwargs)",
         rate="settings.sample_rate" if steps.own_rate is None else "own_rate",
         choose_inputs=choose,
         columns=build,
@@ -194,16 +180,11 @@ def compile_sync_wrapper(
     namespace: dict[str, Any] = {
         "time": time,
         "pipeline": _pipeline,
-        "ids": _ids,
         "settings_now": _pipeline.settings,
         "ready": _pipeline.ready,
         "submit": _pipeline.submit,
         "draw_bits": getrandbits,
-        "keep_bits": KEEP_BITS,
-        "v4_bits": V4_BITS,
         "draw": draw,
-        "threading": threading,
-        "running": RUNNING,
         "set_last": LAST.set,
         "otel_context": _otel.get_context,
         "add_trace_columns": _otel.add_trace_columns,
@@ -227,13 +208,12 @@ def compile_sync_wrapper(
         "redact": steps.redact,
         "has_metadata": steps.has_metadata,
         "add_metadata": steps.add_metadata,
-        "owner": steps.owner,
         "sampled_owner": steps.sampled_owner,
         "FREE": _FREE,
         "BOUND": _BOUND,
     }
     exec(compile(source, f"<fiddler_trace monitor of {steps.name}>", "exec"), namespace)
-    return namespace["call_sync"]  # type: ignore[no-any-return]
+    return namespace[WRAPPER_NAME]  # type: ignore[no-any-return]
 
 
 #: Markers for "columns to build after the call": of a call of the function itself, of a call

@@ -1,20 +1,22 @@
 """Event ids: how they are made, which ones the caller can see, and which ones ``update()`` knows.
 
-- An id this library draws is an RFC 4122 version-4 UUID taken as one ``getrandbits(128)`` draw
-  with the version and variant bits set (:func:`new_event_bits`, ~0.1 µs). The hot path keeps
-  that int; it becomes the canonical 36-character string (:func:`format_event_id`, ~0.4 µs) on
-  the worker when the row is built, or when someone asks (``last_event_id()``, a span's
+- An id this library draws is an RFC 4122 version-4 UUID taken as one ``getrandbits(128)``
+  draw with the version and variant bits set (:func:`new_event_bits`). The hot path keeps the
+  raw draw; its version and variant bits are set on the worker when the row is built (which
+  also remembers it for ``update()``), and it becomes the canonical 36-character string
+  (:func:`format_event_id`) there or when someone asks (``last_event_id()``, a span's
   attribute). So an id is seen only as a string, and the caller's thread never formats one.
   The random source is this module's own ``random.Random`` (the host's ``random.seed()``
   neither affects nor is affected by it), reseeded from ``os.urandom`` in a forked child so
   that parent and child never share ids; :data:`seeded_in` lets a child forked without the
   fork hooks notice.
-- ``last_event_id()`` / ``last_event_ids()`` read a context variable, and ``current_event_id()``
-  the innermost of a sync call's per-thread entry (:data:`RUNNING`) and an async or batch call's
-  context variable (:func:`running_id`): each thread and each asyncio task sees only its own,
-  so ids never leak between concurrent tasks.
+- ``last_event_id()`` / ``last_event_ids()`` read a context variable; ``current_event_id()``
+  finds the innermost monitored call on the caller's stack (:func:`running_ids`). Each thread
+  and each asyncio task sees only its own, so ids never leak between concurrent tasks.
 - :class:`RecentIds` remembers, for ``update()``, the model and event id column of ids captured
   by this process (keyed by the int for drawn ids, by the string for ids the caller supplied).
+  The worker fills it as it drains the queue; an id still queued is found in the queue
+  (:meth:`~fiddler_trace._buffer.BatchBuffer.find_queued`).
 """
 
 from __future__ import annotations
@@ -22,35 +24,38 @@ from __future__ import annotations
 import contextvars
 import os
 import random
+import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from types import FrameType
 from typing import Optional, Union
 
 from fiddler_trace._clock import monotonic
 
 __all__ = [
-    "CURRENT",
+    "IN_BATCH",
     "KEEP_BITS",
     "LAST",
     "RECENT",
-    "RUNNING",
+    "RUNNING_LOCAL",
     "V4_BITS",
+    "WRAPPER_NAME",
     "EventId",
     "RecentIds",
     "after_fork",
     "current_event_id",
     "draw",
-    "enter_task",
     "format_event_id",
     "getrandbits",
+    "id_bits",
     "id_text",
     "last_event_id",
     "last_event_ids",
-    "leave_task",
     "new_event_bits",
     "new_event_id",
     "reset",
-    "running_id",
+    "running_ids",
     "seed",
 ]
 
@@ -60,8 +65,9 @@ EventId = Union[str, int]
 _rng = random.Random()
 #: The pid the random source was seeded in: a child forked without the fork hooks differs.
 seeded_in = os.getpid()
-#: ``getrandbits(128) & KEEP_BITS | V4_BITS`` is a new id: the hot path inlines it. The bound
-#: method stays valid across :func:`seed` and the fork hook, which reseed ``_rng`` in place.
+#: ``getrandbits(128)`` is a new id: the hot path draws it, the worker sets its version bits.
+#: The bound method stays valid across :func:`seed` and the fork hook, which reseed ``_rng`` in
+#: place.
 getrandbits = _rng.getrandbits
 #: A uniform draw in [0, 1) for sampling decisions.
 draw = _rng.random
@@ -77,7 +83,9 @@ def new_event_bits() -> int:
 
 
 def format_event_id(bits: int) -> str:
-    """The canonical 36-character string of a UUID given as its 128-bit int."""
+    """The canonical 36-character string of a drawn id: a UUID4 given as its 128-bit int, with
+    or without its version and variant bits set (they are set here)."""
+    bits = bits & KEEP_BITS | V4_BITS
     # int.to_bytes().hex() is the cheapest way from 128 bits to hex digits in CPython; with a
     # dash every 4 digits ("aaaa-bbbb-cccc-dddd-eeee-ffff-gggg-hhhh"), dropping the 3 dashes a
     # UUID has not takes one join of 4 slices: ~9% fewer instructions than 5 slices (measured).
@@ -105,23 +113,44 @@ def seed(value: Optional[int] = None) -> None:
     seeded_in = os.getpid()
 
 
-#: The event id of the innermost sync monitored call running on each thread, by thread ident.
-#: A sync call cannot be suspended, so while it runs no other task of its thread runs: a dict
-#: entry is as private as a context variable, at a third of the cost of setting and resetting
-#: one (the hot path does it on every call). ``threading.get_ident`` is looked up on each use:
-#: gevent and eventlet, which do suspend sync code, patch it to name the greenlet, and may do
-#: so after this module is imported.
-RUNNING: dict[int, EventId] = {}
-#: For async and ``batch=True`` calls, which can be suspended: ``(event id or None for a batch
-#: call, the thread's RUNNING entry when the call began)``. The second item orders the two:
-#: see :func:`running_id`.
-CURRENT: contextvars.ContextVar[Optional[tuple[Optional[EventId], Optional[EventId]]]] = (
-    contextvars.ContextVar("fiddler_trace_current_event_id", default=None)
-)
+#: The name every monitored call's wrapper (sync, async, batch) gives its function, and of the
+#: local in which it holds the call's id while the host's function runs (None before and after).
+#: The innermost such frame on the caller's stack is the running call: a thread's stack and an
+#: asyncio task's coroutine chain are their own, so ids never leak between threads or tasks,
+#: and the hot path pays one local store where a registry would cost a write and a restore.
+WRAPPER_NAME = "fiddler_trace_monitored_call"
+RUNNING_LOCAL = "fiddler_trace_running_id"
+
+
+class _InBatch:
+    """The running id of a ``batch=True`` call, whose rows get their ids afterwards."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IN_BATCH"
+
+
+IN_BATCH = _InBatch()
 #: The id of the last finished monitored call in this context, or a tuple for a batch call.
 LAST: contextvars.ContextVar[Union[EventId, tuple[str, ...], None]] = contextvars.ContextVar(
     "fiddler_trace_last_event_id", default=None
 )
+
+
+def running_ids() -> Iterator[Union[EventId, _InBatch]]:
+    """The ids of the monitored calls running in this thread or task, innermost first
+    (:data:`IN_BATCH` for a ``batch=True`` call).
+
+    Walks the caller's stack: a few microseconds, paid only by those who ask.
+    """
+    frame: Optional[FrameType] = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == WRAPPER_NAME:
+            running = frame.f_locals.get(RUNNING_LOCAL)
+            if running is not None:
+                yield running
+        frame = frame.f_back
 
 
 def current_event_id() -> Optional[str]:
@@ -131,36 +160,9 @@ def current_event_id() -> Optional[str]:
     so the function can hand it on (e.g. in a response header). None outside a monitored call,
     when capture is off, and inside a ``batch=True`` call (its rows get their ids afterwards).
     """
-    current = running_id()
-    return None if current is None else id_text(current)
-
-
-def running_id() -> Optional[EventId]:
-    """The id of the innermost monitored call running in this thread or task (None in a
-    ``batch=True`` call)."""
-    sync = RUNNING.get(threading.get_ident())
-    task = CURRENT.get()
-    if task is None:
-        return sync
-    # The task's call is the inner one when it began inside this sync call (an event loop run
-    # from a sync monitored function), or when no sync call runs.
-    if sync is None or task[1] is sync:
-        return task[0]
-    return sync
-
-
-def enter_task(event_id: Optional[EventId]) -> object:
-    """Mark an async or ``batch=True`` call as running in this context; returns what
-    :func:`leave_task` restores."""
-    previous = CURRENT.get()
-    CURRENT.set((event_id, RUNNING.get(threading.get_ident())))
-    return previous
-
-
-def leave_task(previous: object) -> None:
-    """Undo :func:`enter_task` (by value, not by token: a coroutine may be driven from more than
-    one context)."""
-    CURRENT.set(previous)  # type: ignore[arg-type]
+    for running in running_ids():
+        return None if running is IN_BATCH else id_text(running)  # type: ignore[arg-type]
+    return None
 
 
 def last_event_id() -> Optional[str]:
@@ -193,17 +195,19 @@ def last_event_ids() -> list[str]:
 class RecentIds:
     """Ids captured by this process -> ``(model_id, id_column)``, for ``update()``.
 
-    The hot path writes one entry: ``RECENT.current[event_id] = owner``, where the owner is a
-    small int standing for the ``(model_id, id_column)`` pair (from :meth:`owner`), then checks
-    the generation's length. Keys are ints (drawn ids) or strings (ids the caller supplied), values
+    The worker writes one entry per event it drains: ``RECENT.current[event_id] = owner``, where
+    the owner is a small int standing for the ``(model_id, id_column)`` pair (from
+    :meth:`owner`), and checks the generation's length once per run of events; the paths that
+    do not go through the queue (a full buffer, the test sink, a sampled-out call) call
+    :meth:`add`. Keys are ints (drawn ids) or strings (ids the caller supplied), values
     small ints: the garbage collector tracks neither, hence not the dict, so holding 100,000 ids
     costs a full collection nothing. A ``model_id`` of None marks an id whose call was sampled
     out.
 
     Memory stays bounded by keeping ids in ``GENERATIONS`` generations: when the newest holds
     ``max_ids / GENERATIONS`` ids it is closed and the oldest dropped whole. So ``update()``
-    knows at least the last ``max_ids * (GENERATIONS - 1) / GENERATIONS`` ids and never more
-    than ``max_ids``.
+    knows at least the last ``max_ids * (GENERATIONS - 1) / GENERATIONS`` ids, and at most
+    ``max_ids`` plus one run of events (a batch).
 
     Age is kept per generation, not per id (a clock read per captured call would be half the
     cost of remembering it): a closed generation's ids are forgotten ``ttl`` seconds after it
@@ -238,6 +242,16 @@ class RecentIds:
                     self._owners.append(key)
         return index
 
+    def add(self, event_id: EventId, model_id: Optional[str], id_column: str) -> None:
+        """Remember one id (a drawn id's int with or without its version bits); the worker
+        remembers the ids it drains inline, the other paths call this."""
+        if type(event_id) is int:
+            event_id = event_id & KEEP_BITS | V4_BITS
+        ids = self.current
+        ids[event_id] = self.owner(model_id, id_column)
+        if len(ids) >= self.generation_size:
+            self.rotate()
+
     def resize(self, max_ids: int, ttl: float) -> None:
         """Apply new limits (``init()``); a smaller size applies at the next rotation."""
         self.max_ids, self.ttl = max_ids, ttl
@@ -246,9 +260,9 @@ class RecentIds:
     def rotate(self) -> None:
         """Close the open generation if it is full, dropping the oldest.
 
-        Cheap; called by the hot path when the open generation is full.
+        Cheap; called when the open generation is full.
         """
-        # Non-blocking: a thread that finds another one rotating just goes on (no hot-path wait).
+        # Non-blocking: a thread that finds another one rotating just goes on (no wait).
         if not self._lock.acquire(blocking=False):
             return
         try:
@@ -269,7 +283,7 @@ class RecentIds:
             owner = generation.get(event_id)
             if owner is None:  # an id this library drew is remembered by its int
                 if bits is None:
-                    bits = _uuid_int(event_id) or 0
+                    bits = id_bits(event_id) or 0
                 owner = generation.get(bits) if bits else None
             if owner is not None:
                 return self._owners[owner]
@@ -288,7 +302,8 @@ class RecentIds:
         self._lock = threading.Lock()
 
 
-def _uuid_int(text: str) -> Optional[int]:
+def id_bits(text: str) -> Optional[int]:
+    """The 128-bit int of an id that is a UUID string; None for any other id."""
     try:
         return uuid.UUID(text).int
     except (ValueError, TypeError, AttributeError):
@@ -304,18 +319,10 @@ def reset() -> None:
     source from ``os.urandom`` (undoing a test's :func:`seed`). For ``testing.reset``."""
     seed()
     RECENT.clear()
-    RUNNING.clear()
-    CURRENT.set(None)
     LAST.set(None)
 
 
 def after_fork() -> None:
-    """In a forked child: a random source of its own, and only the forking thread's running
-    call (a new thread of the child may get the ident of one of the parent's)."""
+    """In a forked child: a random source of its own."""
     seed()
     RECENT.after_fork()
-    me = threading.get_ident()
-    mine = RUNNING.get(me)
-    RUNNING.clear()
-    if mine is not None:
-        RUNNING[me] = mine

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from fiddler_trace import _forks, _ids, _otel, _pipeline
+from fiddler_trace import _forks, _otel, _pipeline
 from fiddler_trace._capture import (
     apply_redact,
     check_column,
@@ -30,7 +30,7 @@ from fiddler_trace._capture import (
     report,
 )
 from fiddler_trace._config import Settings
-from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, EventId, draw, getrandbits, id_text
+from fiddler_trace._ids import EventId, draw, getrandbits, id_text
 from fiddler_trace._worker import THREAD_NAME
 
 __all__ = ["MODEL_ID_FIELD", "FiddlerHandler"]
@@ -53,9 +53,10 @@ _skipped_names: dict[Any, bool] = {}
 _busy: set[int] = set()
 #: The handler's attributes its plan (see FiddlerHandler._make_plan) is derived from.
 _PLANNED = frozenset({"model_id", "event_id_column", "timestamp_column", "redact", "sample_rate"})
-#: settings, model_id, id column, timestamp column, sample rate, column names to drop, owner of
-#: the ids (RECENT.owner; None with no model_id) and whether no redactor needs calling.
-_Plan = tuple[Settings, str, str, str, float, Optional[frozenset], Optional[int], bool]
+#: settings, model_id, id column, timestamp column, sample rate, column names to drop, whether
+#: the handler has a model_id (else each record names its model) and whether no redactor needs
+#: calling.
+_Plan = tuple[Settings, str, str, str, float, Optional[frozenset], bool, bool]
 _NOT_A_DICT = object()  # stands for the id of a field that is not a dict: never a plain record
 
 
@@ -123,7 +124,6 @@ class FiddlerHandler(logging.Handler):
     ) -> None:
         self._plan: Optional[_Plan] = None
         self._model_ids: dict[Any, str] = {}
-        self._owners: dict[str, int] = {}  # model id -> RECENT.owner(model id, id column)
         super().__init__(level)
         self.model_id = (
             None if model_id is None else check_model_id("FiddlerHandler(model_id=...)", model_id)
@@ -148,8 +148,6 @@ class FiddlerHandler(logging.Handler):
         object.__setattr__(self, name, value)
         if name in _PLANNED:  # the plan is derived from these: rebuild it at the next record
             object.__setattr__(self, "_plan", None)
-            if name == "event_id_column":
-                self._owners.clear()
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
@@ -207,10 +205,9 @@ class FiddlerHandler(logging.Handler):
             plan = self._plan
             if plan is None or plan[0] is not settings:
                 plan = self._make_plan(settings)
-            _, model_id, id_column, ts_column, rate, names, owner, plain = plan
-            if owner is None:  # the handler has no model_id: the record names its model
+            _, model_id, id_column, ts_column, rate, names, named, plain = plan
+            if not named:  # the handler has no model_id: the record names its model
                 model_id = self._record_model(record)
-                owner = self._owner(model_id)
             given = fields.get(id_column) if type(fields) is dict else _NOT_A_DICT
             if (
                 not plain  # a redactor to call
@@ -228,20 +225,14 @@ class FiddlerHandler(logging.Handler):
             if given is None:
                 if _pipeline._current is None:
                     _pipeline.ready()  # a child forked without the fork hooks reseeds first
-                # A new UUID4 as its int: the worker formats it (see _ids).
-                event_id: EventId = getrandbits(128) & KEEP_BITS | V4_BITS
+                # 128 random bits: the worker makes them a UUID4 and remembers it (see _ids).
+                event_id: EventId = getrandbits(128)
             else:
                 event_id = given
             columns = fields.copy()  # the event's own: the worker completes it into the row
             if names is not None:
                 for name in names:
                     columns.pop(name, None)
-            # _capture.remember, inlined.
-            recent = _ids.RECENT
-            remembered = recent.current
-            remembered[event_id] = owner
-            if len(remembered) >= recent.generation_size:
-                recent.rotate()
             _pipeline.submit((model_id, event_id, attrs["created"], columns, id_column, ts_column))
             next(_pipeline.STATS.captured)
         except Exception as error:
@@ -259,7 +250,6 @@ class FiddlerHandler(logging.Handler):
                 dropped |= redact
         names = dropped or None  # name lists of the handler and of init() drop the same way
         model_id = self.model_id
-        owner = None if model_id is None else RECENT.owner(model_id, self.event_id_column)
         plan = (
             settings,
             model_id or "",
@@ -267,7 +257,7 @@ class FiddlerHandler(logging.Handler):
             self.timestamp_column,
             rate,
             names,
-            owner,
+            model_id is not None,
             plain,
         )
         object.__setattr__(self, "_plan", plan)
@@ -303,7 +293,7 @@ class FiddlerHandler(logging.Handler):
             if given is None:
                 if _pipeline._current is None:
                     _pipeline.ready()
-                event_id: EventId = getrandbits(128) & KEEP_BITS | V4_BITS
+                event_id: EventId = getrandbits(128)
             else:
                 event_id = str(given)
             span = _otel.add_trace_columns(columns) if _otel_context() else None
@@ -311,7 +301,6 @@ class FiddlerHandler(logging.Handler):
                 columns = apply_redact(columns, self.redact)
             if settings.redact is not None:
                 columns = apply_redact(columns, settings.redact)
-            remember(event_id, model_id, id_column, self._owner(model_id))
             _pipeline.submit(
                 (model_id, event_id, record.created, columns, id_column, self.timestamp_column)
             )
@@ -327,14 +316,6 @@ class FiddlerHandler(logging.Handler):
             f"handler:{name}",
             f"FiddlerHandler could not capture a record of logger {name!r}: {describe(error)}",
         )
-
-    def _owner(self, model_id: str) -> int:
-        owner = self._owners.get(model_id)
-        if owner is None:  # once per model: RECENT.owner builds a tuple key
-            if len(self._owners) >= _MAX_MODEL_IDS:
-                self._owners.clear()
-            owner = self._owners[model_id] = RECENT.owner(model_id, self.event_id_column)
-        return owner
 
     def _record_model(self, record: logging.LogRecord) -> str:
         given = record.__dict__.get(MODEL_ID_FIELD)

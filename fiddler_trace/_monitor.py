@@ -38,15 +38,12 @@ from fiddler_trace._compiled import compile_sync_wrapper
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
-    KEEP_BITS,
     LAST,
     RECENT,
-    V4_BITS,
+    WRAPPER_NAME,
     EventId,
     draw,
-    enter_task,
     getrandbits,
-    leave_task,
     new_event_id,
 )
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
@@ -275,7 +272,6 @@ class _Steps:
         "model_id",
         "name",
         "own_rate",
-        "owner",
         "redact",
         "sampled_owner",
         "ts_column",
@@ -296,7 +292,6 @@ class _Steps:
             capture.metadata_fn is not None or capture.metadata is not None
         )
         self.add_metadata = add_metadata = capture.add_metadata
-        self.owner = owner = RECENT.owner(model_id, id_column)
         self.sampled_owner = sampled_owner = RECENT.owner(None, id_column)
 
         def begin(instance: Any, args: tuple, kwargs: dict) -> Optional[State]:
@@ -306,11 +301,8 @@ class _Steps:
                 if current is None or not current.buffer.queue:
                     _pipeline.ready()  # a first capture, or a fork that bypassed the hooks
                 start = time.time()  # looked up per call: freezegun replaces it
-                event_id: EventId = (
-                    getrandbits(128) & KEEP_BITS | V4_BITS
-                    if id_from is None
-                    else id_from(args, kwargs)
-                )
+                # 128 random bits: the worker sets the version bits (see _ids).
+                event_id: EventId = getrandbits(128) if id_from is None else id_from(args, kwargs)
                 rate = settings.sample_rate if own_rate is None else own_rate
                 if rate < 1.0 and draw() >= rate:
                     return event_id, start, None, settings
@@ -340,7 +332,6 @@ class _Steps:
                     ts_column,
                     redact,
                     settings,
-                    owner,
                 )
                 if DEFERRED:  # an update() of this event made during the call
                     release_updates(event_id, model_id, id_column, True)
@@ -385,12 +376,16 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
     begin, finish = steps.begin, steps.finish
     set_last = LAST.set
 
-    async def run(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    # Named WRAPPER_NAME, holding RUNNING_LOCAL while it awaits the host's coroutine: that is
+    # how current_event_id() finds the call (see _ids.running_ids).
+    async def fiddler_trace_monitored_call(
+        wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict
+    ) -> Any:
         # Runs in the awaiting task's context: ids set here are that task's alone.
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = enter_task(state[0])
+        fiddler_trace_running_id: Optional[EventId] = state[0]
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
@@ -400,10 +395,11 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
             if DEFERRED:
                 DEFERRED.pop(state[0], None)
             raise
-        finally:
-            leave_task(previous)
+        fiddler_trace_running_id = None  # noqa: F841  (read through the frame)
         set_last(state[0])
         finish(state, result)
         return result
 
-    return run  # only called while capture is on; off, wrapt returns the host's coroutine
+    assert fiddler_trace_monitored_call.__name__ == WRAPPER_NAME
+    # Only called while capture is on; off, wrapt returns the host's coroutine.
+    return fiddler_trace_monitored_call

@@ -22,6 +22,7 @@ from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
 from fiddler_trace._config import Settings, load_settings
 from fiddler_trace._encode import Encoder
+from fiddler_trace._event import Update
 from fiddler_trace._spool import Spool
 from fiddler_trace._spooler import Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -363,6 +364,8 @@ def submit(item: Item) -> bool:
     """
     sink = _sink
     if sink is not None:
+        if type(item) is tuple or not isinstance(item, Update):
+            _ids.RECENT.add(item[1], item[0], item[4])  # the worker would have remembered it
         return sink(item)
     pipeline = _current
     if pipeline is None or not pipeline.running:
@@ -384,7 +387,6 @@ def submit(item: Item) -> bool:
         if not wake.is_set():
             wake.set()
     queue.append(item)
-    next(buffer.accepted)
     return True
 
 
@@ -399,6 +401,8 @@ def _submit_slowly(item: Item) -> bool:
         if pipeline is None:
             if _exiting:
                 next(STATS.dropped)  # captured after the exit flush: lost, and said so
+            if type(item) is tuple or not isinstance(item, Update):
+                _ids.RECENT.add(item[1], item[0], item[4])  # so that its update() is a no-op
             return False
     try:
         return pipeline.enqueue(item)

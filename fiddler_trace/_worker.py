@@ -90,7 +90,7 @@ class BatchWorker:
 
     def add_waiter(self) -> FlushWaiter:
         """Register a flush of everything accepted so far and wake the loop."""
-        mark = read_count(self.buffer.accepted)
+        mark = self.buffer.flush_mark()
         waiter = FlushWaiter(mark)
         with self._lock:
             self._waiters.append(waiter)

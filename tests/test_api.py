@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
+from faults import Hang, fault_server
 
 import fiddler_trace
 from fiddler_trace import ConfigurationError, FiddlerHandler, Job, _ids, _pipeline, monitor, testing
@@ -453,3 +454,50 @@ def test_an_update_made_inside_a_call_that_raises_is_dropped():
             failing(1)
         assert events == []
         assert events.updates == []
+
+
+def test_an_update_of_an_event_still_queued_finds_its_model():
+    """The worker remembers the ids it drains; an update() made while the event still waits in
+    the queue (the worker busy with a hung request) finds the event there, over HTTP, and the
+    PATCH follows the POST."""
+    with fault_server() as server:
+        server.push(Hang())
+        fiddler_trace.init(enabled=True, url=server.url, token="t", flush_interval=0.01)
+        predict(1)
+        assert server.wait_for(lambda: len(server.received) == 1)  # the worker is stuck there
+        predict(2)
+        second = fiddler_trace.last_event_id()
+        assert _pipeline.current().buffer.queue  # not drained yet
+        fiddler_trace.update(second, {"target": 2})  # no model_id: found in the queue
+        server.release()
+        assert fiddler_trace.flush(10)
+    assert [row["event_id"] for row in server.events("PATCH")] == [second]
+    answered = [r for r in server.received if r.answered == 200]
+    posted = next(
+        i
+        for i, r in enumerate(answered)
+        if r.method == "POST" and second in [e["event_id"] for e in r.body["source"]["events"]]
+    )
+    assert [r.method for r in answered[posted + 1 :]] == ["PATCH"]
+
+
+def test_an_update_of_an_outer_running_call_waits_for_that_call():
+    """Inside a nested monitored call, update() of the outer call's id (still running) is held
+    until the outer event is submitted."""
+
+    @monitor(OTHER)
+    def inner(outer_id):
+        fiddler_trace.update(outer_id, {"target": 1})
+        return 0
+
+    @monitor(MODEL)
+    def outer():
+        inner(fiddler_trace.current_event_id())
+        return 1
+
+    with testing.capture() as events:
+        outer()
+        outer_id = fiddler_trace.last_event_id()
+    assert [row["event_id"] for row in events][-1] == outer_id
+    assert events.updates == [{"target": 1, "event_id": outer_id}]
+    assert events.update_models == [MODEL]

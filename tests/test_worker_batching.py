@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from fiddler_trace import _ids
 from fiddler_trace._buffer import BatchBuffer, _IdHashes
 from fiddler_trace._client import EventsClient
 from fiddler_trace._encode import TRUNCATED, Encoder
@@ -379,11 +380,14 @@ def test_cookies_set_by_the_server_are_sent_back():
     assert seen == [None, None, "lb=node-7", "lb=node-7"]
 
 
-def test_format_event_id_is_the_canonical_uuid_string():
-    """format_event_id agrees with uuid.UUID for edge and random values."""
+def test_format_event_id_is_the_canonical_uuid4_string():
+    """format_event_id of any 128 bits (a raw draw) is the canonical string of the version-4
+    UUID uuid.UUID makes of them, for edge and random values."""
     values = [0, 1, 2**128 - 1, 2**127, *(random.getrandbits(128) for _ in range(2000))]
     for bits in values:
-        assert format_event_id(bits) == str(uuid.UUID(int=bits))
+        text = format_event_id(bits)
+        assert text == str(uuid.UUID(int=bits, version=4))
+        assert text == format_event_id(bits & KEEP_BITS | V4_BITS)
 
 
 def test_an_event_namedtuple_and_a_plain_tuple_are_one_publish():
@@ -408,3 +412,41 @@ def test_an_item_that_breaks_the_drain_loses_only_itself():
     assert (buffer.depth(), buffer.drained) == (3, 3)
     flush(worker)
     assert [[e["event_id"] for e in events] for _, events in server.calls] == [["a", "b", "c"]]
+
+
+def test_an_id_is_always_queued_or_remembered_and_a_flush_mark_counts_the_queue():
+    """While the worker drains, find_queued() and flush_mark() wait for it: an id it has taken
+    off the queue is then remembered for update(), never in between; the mark counts every item
+    queued before it was asked for."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_encode(row: dict[str, Any]) -> bytes:
+        entered.set()
+        release.wait(timeout=10)
+        return orjson.dumps(row, default=str)
+
+    buffer, _, _, _ = make(slow_encode)
+    raw = random.getrandbits(128)  # as the hot path draws it: version bits unset
+    text = format_event_id(raw)
+    _ids.RECENT.clear()
+    buffer.offer((MODEL, raw, 0.0, {"x": 1}, "event_id", "timestamp"))
+    assert buffer.find_queued(text) == (MODEL, "event_id")
+    assert buffer.flush_mark() == 1
+    assert _ids.RECENT.get(text) is None
+
+    draining = threading.Thread(target=buffer.drain, args=(0.0,))
+    draining.start()
+    assert entered.wait(timeout=10)  # the item is off the queue, its run being encoded
+    found: list[Any] = []
+    asking = threading.Thread(target=lambda: found.append(buffer.find_queued(text)))
+    asking.start()
+    asking.join(timeout=0.2)
+    assert asking.is_alive()  # waits for the drain to end
+    release.set()
+    draining.join(timeout=10)
+    asking.join(timeout=10)
+    assert found == [None]
+    assert _ids.RECENT.get(text) == (MODEL, "event_id")
+    assert buffer.flush_mark() == 1
+    buffer.offer((MODEL, random.getrandbits(128), 0.0, {"x": 2}, "event_id", "timestamp"))
+    assert buffer.flush_mark() == 2
