@@ -13,13 +13,12 @@ from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._event import Update
 from fiddler_trace._ids import (
-    IN_BATCH,
     RECENT,
     current_event_id,
     id_text,
     last_event_id,
     last_event_ids,
-    running_ids,
+    running_id,
 )
 from fiddler_trace._wire import MAX_DELETE_IDS, Job, check_model_id
 
@@ -98,16 +97,14 @@ def update(
     settings = _pipeline.settings()  # first use in a process that only sends ground truth
     if not _pipeline.capturing:
         return
-    for running in running_ids():
-        if running is not IN_BATCH and id_text(running) == event_id:  # type: ignore[arg-type]
-            # Inside the monitored call of this very event (or of a call it is nested in): the
-            # event is submitted when the call returns, and this update must not overtake it.
-            changes = _redacted(dict(columns), settings)
-            if changes is not None:
-                DEFERRED.setdefault(running, []).append(  # type: ignore[arg-type]
-                    (changes, model_id, event_id_column)
-                )
-            return
+    running = running_id()
+    if running is not None and id_text(running) == event_id:
+        # Inside the monitored call of this very event: its event is submitted when the call
+        # returns, and this update must not overtake it.
+        changes = _redacted(dict(columns), settings)
+        if changes is not None:
+            DEFERRED.setdefault(running, []).append((changes, model_id, event_id_column))
+        return
     known = RECENT.get(event_id)
     if known is None:  # captured so recently that the worker has not taken it yet?
         pipeline = _pipeline.current()

@@ -23,7 +23,7 @@ from fiddler_trace import _otel, _pipeline
 from fiddler_trace._capture import apply_redact, describe, remember, report
 from fiddler_trace._config import Settings
 from fiddler_trace._event import Event
-from fiddler_trace._ids import IN_BATCH, LAST, WRAPPER_NAME, draw, new_event_id
+from fiddler_trace._ids import LAST, draw, enter_task, leave_task, new_event_id
 from fiddler_trace._inputs import CallPlan, Names
 from fiddler_trace._stats import Stats
 
@@ -224,43 +224,37 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
     steps = _BatchSteps(capture, plan)
     begin, finish = steps.begin, steps.finish
 
-    # Both are only called while capture is on: wrapt checks `enabled` first. Their name and
-    # RUNNING_LOCAL mark a running batch call for current_event_id() (see _ids.running_ids).
-    def fiddler_trace_monitored_call(
-        wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict
-    ) -> Any:
+    # Both are only called while capture is on: wrapt checks `enabled` first.
+    def call_sync(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         state = begin(instance, args, kwargs)
         if state is None:
             return wrapped(*args, **kwargs)
-        fiddler_trace_running_id: object = IN_BATCH  # rows get their ids after the call
+        previous = enter_task(None)  # rows get their ids after the call
         try:
             result = wrapped(*args, **kwargs)
         except Exception:
             next(_pipeline.STATS.errors)
             LAST.set(None)
             raise
-        fiddler_trace_running_id = None  # noqa: F841  (read through the frame)
+        finally:
+            leave_task(previous)
         LAST.set(finish(state, result))
         return result
 
-    sync = fiddler_trace_monitored_call
-
-    async def fiddler_trace_monitored_call(  # type: ignore[no-redef]
-        wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict
-    ) -> Any:
+    async def run(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        fiddler_trace_running_id: object = IN_BATCH
+        previous = enter_task(None)
         try:
             result = await wrapped(*args, **kwargs)
         except Exception:
             next(_pipeline.STATS.errors)
             LAST.set(None)
             raise
-        fiddler_trace_running_id = None  # noqa: F841
+        finally:
+            leave_task(previous)
         LAST.set(finish(state, result))
         return result
 
-    assert sync.__name__ == fiddler_trace_monitored_call.__name__ == WRAPPER_NAME
-    return fiddler_trace_monitored_call if is_async else sync
+    return run if is_async else call_sync

@@ -126,8 +126,10 @@ class BatchBuffer:
         self.queue: collections.deque[Item] = collections.deque()
         self.outstanding = 0  # drained but not yet resolved; written by the worker only
         self.drained = 0  # next sequence number
-        # Held by the worker while it drains: a queued item is then either still queued or
-        # drained, numbered and its id remembered for update() (see flush_mark, find_queued).
+        # Held by the worker while it moves items off the queue, and released while it encodes
+        # (which can run the host's code: a value's __repr__, tolist, model_dump): a queued item
+        # is then either still queued or drained, numbered and its id remembered for update()
+        # (see flush_mark, find_queued).
         self._drain_lock = threading.RLock()
         self.pending: dict[tuple[str, str], Batch] = {}
         self.ready: collections.deque[Batch] = collections.deque()
@@ -179,13 +181,14 @@ class BatchBuffer:
         after the capture; any thread, O(queue)."""
         bits = id_bits(event_id)
         drawn = None if bits is None else bits & KEEP_BITS  # a queued drawn id is 128 raw bits
-        with self._drain_lock:
-            for item in list(self.queue):
-                if type(item) is not tuple and isinstance(item, Update):
-                    continue
-                queued = item[1]
-                if queued == event_id or (type(queued) is int and queued & KEEP_BITS == drawn):
-                    return item[0], item[4]
+        with self._drain_lock:  # held only while the worker moves items, never in host code
+            queued_now = list(self.queue)
+        for item in queued_now:  # searched without the lock
+            if type(item) is not tuple and isinstance(item, Update):
+                continue
+            queued = item[1]
+            if queued == event_id or (type(queued) is int and queued & KEEP_BITS == drawn):
+                return item[0], item[4]
         return None
 
     # -- worker side: the worker thread only ---------------------------------------------------
@@ -276,7 +279,8 @@ class BatchBuffer:
                         method, column, event_ids = PATCH, item.id_column, [item.event_id]
                     # A new run starts with this item: add the one before.
                     if rows:
-                        added += self._add_run(
+                        self.drained = first + self.outstanding - base
+                        added += self._add_run_unlocked(
                             run_method, run_model, run_column, rows, ids, run_first, now, refused
                         )
                     run_method, run_model, run_column = method, model_id, column
@@ -286,7 +290,8 @@ class BatchBuffer:
                     batch = pending.get((method, model_id))
                     room = batch_size - 1 - (batch.size if batch is not None else 0)
             if rows:
-                added += self._add_run(
+                self.drained = first + self.outstanding - base
+                added += self._add_run_unlocked(
                     run_method, run_model, run_column, rows, ids, run_first, now, refused
                 )
                 rows = []
@@ -295,7 +300,8 @@ class BatchBuffer:
             # is not.
             if rows:
                 with contextlib.suppress(Exception):
-                    added += self._add_run(
+                    self.drained = first + self.outstanding - base
+                    added += self._add_run_unlocked(
                         run_method, run_model, run_column, rows, ids, run_first, now, refused
                     )
             raise
@@ -305,6 +311,14 @@ class BatchBuffer:
             self.drained = first + taken
             # Refused items, and items lost to an error, are not held.
             self.outstanding -= taken - added
+
+    def _add_run_unlocked(self, *args: Any) -> int:
+        """:meth:`_add_run` with the drain lock released: encoding may run the host's code."""
+        self._drain_lock.release()
+        try:
+            return self._add_run(*args)
+        finally:
+            self._drain_lock.acquire()
 
     def _encode_each(self, rows: list[dict[str, Any]]) -> list[tuple[bytes, int]]:
         return [(self._encode(row), 1) for row in rows]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -52,9 +53,9 @@ DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]
 
 def _after_fork_in_child() -> None:
     # Only the forking thread lives on: the updates deferred by other threads' calls would wait
-    # for events that are never submitted here. This hook runs on the forking thread's stack.
-    mine = set(_ids.running_ids())
-    for event_id in [key for key in DEFERRED if key not in mine]:
+    # for events that are never submitted here.
+    mine = _ids.RUNNING.get(threading.get_ident())
+    for event_id in [key for key in DEFERRED if key != mine]:
         DEFERRED.pop(event_id, None)
 
 

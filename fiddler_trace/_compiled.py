@@ -20,6 +20,7 @@ The generated source is :data:`_TEMPLATE` with the blanks filled from the functi
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -32,14 +33,14 @@ from fiddler_trace._capture import (
     remember,
     report,
 )
-from fiddler_trace._ids import LAST, WRAPPER_NAME, draw, getrandbits, id_text
+from fiddler_trace._ids import LAST, RUNNING, draw, getrandbits, id_text
 
 __all__ = ["compile_sync_wrapper"]
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
 _TEMPLATE = """\
-def fiddler_trace_monitored_call(wrapped, instance, args, kwargs):
+def call_sync(wrapped, instance, args, kwargs):
     # Only called while capture is on: wrapt tests pipeline.CAPTURING first.
     try:
         settings = pipeline._settings or settings_now()
@@ -58,8 +59,9 @@ def fiddler_trace_monitored_call(wrapped, instance, args, kwargs):
         event_id = None
     if event_id is None:  # the host's call must not sit inside our except block
         return wrapped(*args, **kwargs)
-    # current_event_id() finds this frame by its function's name and reads this local.
-    fiddler_trace_running_id = event_id
+    thread = threading.get_ident()  # looked up per call: gevent patches it to name greenlets
+    outer = running.get(thread)  # a monitored call this one is nested in
+    running[thread] = event_id
     try:
         # Without keywords, a call without the empty mapping skips unpacking it.
         result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
@@ -70,7 +72,11 @@ def fiddler_trace_monitored_call(wrapped, instance, args, kwargs):
         if DEFERRED:
             DEFERRED.pop(event_id, None)
         raise
-    fiddler_trace_running_id = None
+    finally:
+        if outer is None:
+            running.pop(thread, None)
+        else:
+            running[thread] = outer
     set_last(event_id)
     try:
         if columns is None:
@@ -185,6 +191,8 @@ def compile_sync_wrapper(
         "submit": _pipeline.submit,
         "draw_bits": getrandbits,
         "draw": draw,
+        "threading": threading,
+        "running": RUNNING,
         "set_last": LAST.set,
         "otel_context": _otel.get_context,
         "add_trace_columns": _otel.add_trace_columns,
@@ -213,7 +221,7 @@ def compile_sync_wrapper(
         "BOUND": _BOUND,
     }
     exec(compile(source, f"<fiddler_trace monitor of {steps.name}>", "exec"), namespace)
-    return namespace[WRAPPER_NAME]  # type: ignore[no-any-return]
+    return namespace["call_sync"]  # type: ignore[no-any-return]
 
 
 #: Markers for "columns to build after the call": of a call of the function itself, of a call

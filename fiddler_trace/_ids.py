@@ -10,9 +10,10 @@
   neither affects nor is affected by it), reseeded from ``os.urandom`` in a forked child so
   that parent and child never share ids; :data:`seeded_in` lets a child forked without the
   fork hooks notice.
-- ``last_event_id()`` / ``last_event_ids()`` read a context variable; ``current_event_id()``
-  finds the innermost monitored call on the caller's stack (:func:`running_ids`). Each thread
-  and each asyncio task sees only its own, so ids never leak between concurrent tasks.
+- ``last_event_id()`` / ``last_event_ids()`` read a context variable, and ``current_event_id()``
+  the innermost of a sync call's per-thread entry (:data:`RUNNING`) and an async or batch call's
+  context variable (:func:`running_id`): each thread and each asyncio task sees only its own,
+  so ids never leak between concurrent tasks.
 - :class:`RecentIds` remembers, for ``update()``, the model and event id column of ids captured
   by this process (keyed by the int for drawn ids, by the string for ids the caller supplied).
   The worker fills it as it drains the queue; an id still queued is found in the queue
@@ -24,38 +25,36 @@ from __future__ import annotations
 import contextvars
 import os
 import random
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
-from types import FrameType
 from typing import Optional, Union
 
 from fiddler_trace._clock import monotonic
 
 __all__ = [
-    "IN_BATCH",
+    "CURRENT",
     "KEEP_BITS",
     "LAST",
     "RECENT",
-    "RUNNING_LOCAL",
+    "RUNNING",
     "V4_BITS",
-    "WRAPPER_NAME",
     "EventId",
     "RecentIds",
     "after_fork",
     "current_event_id",
     "draw",
+    "enter_task",
     "format_event_id",
     "getrandbits",
     "id_bits",
     "id_text",
     "last_event_id",
     "last_event_ids",
+    "leave_task",
     "new_event_bits",
     "new_event_id",
     "reset",
-    "running_ids",
+    "running_id",
     "seed",
 ]
 
@@ -113,44 +112,23 @@ def seed(value: Optional[int] = None) -> None:
     seeded_in = os.getpid()
 
 
-#: The name every monitored call's wrapper (sync, async, batch) gives its function, and of the
-#: local in which it holds the call's id while the host's function runs (None before and after).
-#: The innermost such frame on the caller's stack is the running call: a thread's stack and an
-#: asyncio task's coroutine chain are their own, so ids never leak between threads or tasks,
-#: and the hot path pays one local store where a registry would cost a write and a restore.
-WRAPPER_NAME = "fiddler_trace_monitored_call"
-RUNNING_LOCAL = "fiddler_trace_running_id"
-
-
-class _InBatch:
-    """The running id of a ``batch=True`` call, whose rows get their ids afterwards."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "IN_BATCH"
-
-
-IN_BATCH = _InBatch()
+#: The event id of the innermost sync monitored call running on each thread, by thread ident.
+#: A sync call cannot be suspended, so while it runs no other task of its thread runs: a dict
+#: entry is as private as a context variable, at a third of the cost of setting and resetting
+#: one (the hot path does it on every call). ``threading.get_ident`` is looked up on each use:
+#: gevent and eventlet, which do suspend sync code, patch it to name the greenlet, and may do
+#: so after this module is imported.
+RUNNING: dict[int, EventId] = {}
+#: For async and ``batch=True`` calls, which can be suspended: ``(event id or None for a batch
+#: call, the thread's RUNNING entry when the call began)``. The second item orders the two:
+#: see :func:`running_id`.
+CURRENT: contextvars.ContextVar[Optional[tuple[Optional[EventId], Optional[EventId]]]] = (
+    contextvars.ContextVar("fiddler_trace_current_event_id", default=None)
+)
 #: The id of the last finished monitored call in this context, or a tuple for a batch call.
 LAST: contextvars.ContextVar[Union[EventId, tuple[str, ...], None]] = contextvars.ContextVar(
     "fiddler_trace_last_event_id", default=None
 )
-
-
-def running_ids() -> Iterator[Union[EventId, _InBatch]]:
-    """The ids of the monitored calls running in this thread or task, innermost first
-    (:data:`IN_BATCH` for a ``batch=True`` call).
-
-    Walks the caller's stack: a few microseconds, paid only by those who ask.
-    """
-    frame: Optional[FrameType] = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == WRAPPER_NAME:
-            running = frame.f_locals.get(RUNNING_LOCAL)
-            if running is not None:
-                yield running
-        frame = frame.f_back
 
 
 def current_event_id() -> Optional[str]:
@@ -160,9 +138,36 @@ def current_event_id() -> Optional[str]:
     so the function can hand it on (e.g. in a response header). None outside a monitored call,
     when capture is off, and inside a ``batch=True`` call (its rows get their ids afterwards).
     """
-    for running in running_ids():
-        return None if running is IN_BATCH else id_text(running)  # type: ignore[arg-type]
-    return None
+    current = running_id()
+    return None if current is None else id_text(current)
+
+
+def running_id() -> Optional[EventId]:
+    """The id of the innermost monitored call running in this thread or task (None in a
+    ``batch=True`` call)."""
+    sync = RUNNING.get(threading.get_ident())
+    task = CURRENT.get()
+    if task is None:
+        return sync
+    # The task's call is the inner one when it began inside this sync call (an event loop run
+    # from a sync monitored function), or when no sync call runs.
+    if sync is None or task[1] is sync:
+        return task[0]
+    return sync
+
+
+def enter_task(event_id: Optional[EventId]) -> object:
+    """Mark an async or ``batch=True`` call as running in this context; returns what
+    :func:`leave_task` restores."""
+    previous = CURRENT.get()
+    CURRENT.set((event_id, RUNNING.get(threading.get_ident())))
+    return previous
+
+
+def leave_task(previous: object) -> None:
+    """Undo :func:`enter_task` (by value, not by token: a coroutine may be driven from more than
+    one context)."""
+    CURRENT.set(previous)  # type: ignore[arg-type]
 
 
 def last_event_id() -> Optional[str]:
@@ -198,11 +203,11 @@ class RecentIds:
     The worker writes one entry per event it drains: ``RECENT.current[event_id] = owner``, where
     the owner is a small int standing for the ``(model_id, id_column)`` pair (from
     :meth:`owner`), and checks the generation's length once per run of events; the paths that
-    do not go through the queue (a full buffer, the test sink, a sampled-out call) call
-    :meth:`add`. Keys are ints (drawn ids) or strings (ids the caller supplied), values
-    small ints: the garbage collector tracks neither, hence not the dict, so holding 100,000 ids
-    costs a full collection nothing. A ``model_id`` of None marks an id whose call was sampled
-    out.
+    do not go through the queue (a full buffer, the test sink) call :meth:`add`, a sampled-out
+    call ``_capture.remember``. Keys are ints (drawn ids) or strings (ids the caller supplied),
+    values small ints: the garbage collector tracks neither, hence not the dict, so holding
+    100,000 ids costs a full collection nothing. A ``model_id`` of None marks an id whose call
+    was sampled out.
 
     Memory stays bounded by keeping ids in ``GENERATIONS`` generations: when the newest holds
     ``max_ids / GENERATIONS`` ids it is closed and the oldest dropped whole. So ``update()``
@@ -319,10 +324,18 @@ def reset() -> None:
     source from ``os.urandom`` (undoing a test's :func:`seed`). For ``testing.reset``."""
     seed()
     RECENT.clear()
+    RUNNING.clear()
+    CURRENT.set(None)
     LAST.set(None)
 
 
 def after_fork() -> None:
-    """In a forked child: a random source of its own."""
+    """In a forked child: a random source of its own, and only the forking thread's running
+    call (a new thread of the child may get the ident of one of the parent's)."""
     seed()
     RECENT.after_fork()
+    me = threading.get_ident()
+    mine = RUNNING.get(me)
+    RUNNING.clear()
+    if mine is not None:
+        RUNNING[me] = mine

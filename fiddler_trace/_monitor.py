@@ -40,10 +40,11 @@ from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
     LAST,
     RECENT,
-    WRAPPER_NAME,
     EventId,
     draw,
+    enter_task,
     getrandbits,
+    leave_task,
     new_event_id,
 )
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
@@ -376,16 +377,12 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
     begin, finish = steps.begin, steps.finish
     set_last = LAST.set
 
-    # Named WRAPPER_NAME, holding RUNNING_LOCAL while it awaits the host's coroutine: that is
-    # how current_event_id() finds the call (see _ids.running_ids).
-    async def fiddler_trace_monitored_call(
-        wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict
-    ) -> Any:
+    async def run(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         # Runs in the awaiting task's context: ids set here are that task's alone.
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        fiddler_trace_running_id: Optional[EventId] = state[0]
+        previous = enter_task(state[0])
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
@@ -395,11 +392,10 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
             if DEFERRED:
                 DEFERRED.pop(state[0], None)
             raise
-        fiddler_trace_running_id = None  # noqa: F841  (read through the frame)
+        finally:
+            leave_task(previous)
         set_last(state[0])
         finish(state, result)
         return result
 
-    assert fiddler_trace_monitored_call.__name__ == WRAPPER_NAME
-    # Only called while capture is on; off, wrapt returns the host's coroutine.
-    return fiddler_trace_monitored_call
+    return run  # only called while capture is on; off, wrapt returns the host's coroutine

@@ -479,25 +479,3 @@ def test_an_update_of_an_event_still_queued_finds_its_model():
         if r.method == "POST" and second in [e["event_id"] for e in r.body["source"]["events"]]
     )
     assert [r.method for r in answered[posted + 1 :]] == ["PATCH"]
-
-
-def test_an_update_of_an_outer_running_call_waits_for_that_call():
-    """Inside a nested monitored call, update() of the outer call's id (still running) is held
-    until the outer event is submitted."""
-
-    @monitor(OTHER)
-    def inner(outer_id):
-        fiddler_trace.update(outer_id, {"target": 1})
-        return 0
-
-    @monitor(MODEL)
-    def outer():
-        inner(fiddler_trace.current_event_id())
-        return 1
-
-    with testing.capture() as events:
-        outer()
-        outer_id = fiddler_trace.last_event_id()
-    assert [row["event_id"] for row in events][-1] == outer_id
-    assert events.updates == [{"target": 1, "event_id": outer_id}]
-    assert events.update_models == [MODEL]

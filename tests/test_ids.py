@@ -155,35 +155,22 @@ def test_a_sync_call_of_another_thread_is_not_current_here():
             thread.join(timeout=10)
 
 
-def test_the_current_call_is_found_on_the_callers_stack_only():
-    """The running call is the innermost monitored frame on the caller's own stack: a nested
-    call's id inside it, the outer one's again after it, and nobody's on a stack of its own
-    (a thread the function starts; under gevent, another greenlet)."""
+def test_the_current_call_follows_a_patched_thread_ident(monkeypatch):
+    """gevent and eventlet patch threading.get_ident to name the greenlet, possibly after this
+    library was imported: a sync call's current id is then kept per greenlet."""
     seen = {}
 
     @monitor(MODEL)
-    def inner():
-        seen["inner"] = fiddler_trace.current_event_id()
+    def predict():
+        seen["running"] = dict(_ids.RUNNING)
+        seen["current"] = fiddler_trace.current_event_id()
 
-    @monitor(MODEL)
-    def outer():
-        seen["before"] = fiddler_trace.current_event_id()
-        inner()
-        seen["after"] = fiddler_trace.current_event_id()
-        elsewhere = threading.Thread(
-            target=lambda: seen.setdefault("thread", fiddler_trace.current_event_id())
-        )
-        elsewhere.start()
-        elsewhere.join(timeout=10)
-
+    monkeypatch.setattr(threading, "get_ident", lambda: -42)  # the greenlet's "ident"
     with testing.capture() as events:
-        outer()
-    by_name = {row["event_id"]: row for row in events}
-    assert len(by_name) == 2
-    assert seen["inner"] == events[0]["event_id"] != seen["before"]
-    assert seen["before"] == seen["after"] == events[1]["event_id"]
-    assert seen["thread"] is None
-    assert fiddler_trace.current_event_id() is None
+        predict()
+    assert list(seen["running"]) == [-42]
+    assert seen["current"] == events[0]["event_id"]
+    assert _ids.RUNNING == {}
 
 
 def test_ids_are_per_thread():
@@ -285,18 +272,19 @@ def test_a_call_running_in_another_thread_at_a_fork_is_not_current_in_the_child(
         thread = threading.Thread(target=slow)
         thread.start()
         assert inside.wait(timeout=10)
+        assert len(_ids.RUNNING) == 1
 
         def report() -> str:
             from fiddler_trace._capture import DEFERRED
 
-            return f"{fiddler_trace.current_event_id()} {len(DEFERRED)}"
+            return f"{len(_ids.RUNNING)} {len(DEFERRED)}"
 
         try:
             in_child = in_forked_child(report)
         finally:
             release.set()
             thread.join(timeout=10)
-    assert in_child == "None 0"
+    assert in_child == "0 0"
 
 
 # -- timestamps ------------------------------------------------------------------------------
