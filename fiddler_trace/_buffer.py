@@ -32,7 +32,7 @@ from fiddler_trace._encoded import PATCH, POST, Batch, find_ends
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, id_bits, id_text
 
-__all__ = ["BatchBuffer", "Item", "Refusal"]
+__all__ = ["BatchBuffer", "Item", "Refusal", "remember_publish"]
 
 #: A publish (an :class:`Event` or a plain tuple of its fields) or an update.
 Item = Union[Event, tuple, Update]
@@ -47,6 +47,15 @@ JoinedEncoder = Callable[[list[dict[str, Any]]], Sequence[tuple[Union[bytes, mem
 # formatting the 128-bit int in Python, and the worker never needs the string itself.
 _new_object = object.__new__
 _set_uuid_int = UUID.__dict__["int"].__set__
+
+
+def remember_publish(item: Item) -> bool:
+    """Remember the id of a publish that will not reach the worker (which remembers the ids
+    it drains), so that ``update()`` knows it; False for an update."""
+    if type(item) is not tuple and isinstance(item, Update):
+        return False
+    RECENT.add(item[1], item[0], item[4])
+    return True
 
 
 class _IdHashes:
@@ -148,13 +157,10 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
-            if not isinstance(item, Update):
-                # update() finds the id (the worker remembers the ids it drains), and a later
-                # update of this event is dropped too, not sent for an event the server never
-                # got. A dict set is atomic; the worker moves these on.
-                RECENT.add(item[1], item[0], item[4])
-                if len(self.dropped_ids) < self.max_events:
-                    self.dropped_ids[hash((item[0], id_text(item[1])))] = True
+            if remember_publish(item) and len(self.dropped_ids) < self.max_events:
+                # A later update of this event is dropped too, not sent for an event the server
+                # never got. A dict set is atomic; the worker moves these on.
+                self.dropped_ids[hash((item[0], id_text(item[1])))] = True  # type: ignore[index]
             return False
         queue.append(item)
         depth = len(queue)

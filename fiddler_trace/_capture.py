@@ -22,7 +22,7 @@ from fiddler_trace._clock import monotonic
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._event import Update
-from fiddler_trace._ids import KEEP_BITS, V4_BITS, EventId, id_text
+from fiddler_trace._ids import EventId, id_text
 
 __all__ = [
     "Redact",
@@ -200,13 +200,7 @@ def remember(
 
     ``owner``: ``RECENT.owner(model_id, id_column)`` if the caller keeps it (saves a lookup).
     """
-    recent = _ids.RECENT
-    ids = recent.current
-    if type(event_id) is int:
-        event_id = event_id & KEEP_BITS | V4_BITS
-    ids[event_id] = recent.owner(model_id, id_column) if owner is None else owner
-    if len(ids) >= recent.generation_size:
-        recent.rotate()
+    _ids.RECENT.add(event_id, model_id, id_column, owner)
 
 
 def deliver(

@@ -247,13 +247,20 @@ class RecentIds:
                     self._owners.append(key)
         return index
 
-    def add(self, event_id: EventId, model_id: Optional[str], id_column: str) -> None:
+    def add(
+        self,
+        event_id: EventId,
+        model_id: Optional[str],
+        id_column: str,
+        owner: Optional[int] = None,
+    ) -> None:
         """Remember one id (a drawn id's int with or without its version bits); the worker
-        remembers the ids it drains inline, the other paths call this."""
+        remembers the ids it drains inline, the other paths call this. ``owner``:
+        :meth:`owner` of ``(model_id, id_column)`` if the caller keeps it (saves a lookup)."""
         if type(event_id) is int:
             event_id = event_id & KEEP_BITS | V4_BITS
         ids = self.current
-        ids[event_id] = self.owner(model_id, id_column)
+        ids[event_id] = self.owner(model_id, id_column) if owner is None else owner
         if len(ids) >= self.generation_size:
             self.rotate()
 

@@ -17,12 +17,11 @@ from typing import Any, Callable, Optional
 import httpx
 
 from fiddler_trace import _forks, _ids
-from fiddler_trace._buffer import BatchBuffer, Item
+from fiddler_trace._buffer import BatchBuffer, Item, remember_publish
 from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
 from fiddler_trace._config import Settings, load_settings
 from fiddler_trace._encode import Encoder
-from fiddler_trace._event import Update
 from fiddler_trace._spool import Spool
 from fiddler_trace._spooler import Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -364,8 +363,7 @@ def submit(item: Item) -> bool:
     """
     sink = _sink
     if sink is not None:
-        if type(item) is tuple or not isinstance(item, Update):
-            _ids.RECENT.add(item[1], item[0], item[4])  # the worker would have remembered it
+        remember_publish(item)
         return sink(item)
     pipeline = _current
     if pipeline is None or not pipeline.running:
@@ -401,13 +399,13 @@ def _submit_slowly(item: Item) -> bool:
         if pipeline is None:
             if _exiting:
                 next(STATS.dropped)  # captured after the exit flush: lost, and said so
-            if type(item) is tuple or not isinstance(item, Update):
-                _ids.RECENT.add(item[1], item[0], item[4])  # so that its update() is a no-op
+            remember_publish(item)  # so that its update() is a silent no-op
             return False
     try:
         return pipeline.enqueue(item)
     except RuntimeError:  # "can't start new thread"
         next(STATS.dropped)
+        remember_publish(item)
         return False
 
 

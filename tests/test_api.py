@@ -479,3 +479,19 @@ def test_an_update_of_an_event_still_queued_finds_its_model():
         if r.method == "POST" and second in [e["event_id"] for e in r.body["source"]["events"]]
     )
     assert [r.method for r in answered[posted + 1 :]] == ["PATCH"]
+
+
+def test_an_update_naming_model_and_column_does_not_search_the_queue(monkeypatch):
+    """An update from another process (model and id column given, id unknown here) is queued
+    without searching the queue for its event."""
+    with fault_server() as server:
+        fiddler_trace.init(enabled=True, url=server.url, token="t", flush_interval=0.01)
+        predict(1)  # a pipeline, with a queue
+
+        def search(self, event_id):
+            raise AssertionError("the queue was searched")
+
+        monkeypatch.setattr(_pipeline.BatchBuffer, "find_queued", search)
+        fiddler_trace.update(UNKNOWN_ID, {"target": 1}, model_id=MODEL, event_id_column="event_id")
+        assert fiddler_trace.flush(10)
+    assert [row["event_id"] for row in server.events("PATCH")] == [UNKNOWN_ID]
