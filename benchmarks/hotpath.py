@@ -19,6 +19,9 @@ per-call ones pooled from several fresh interpreters: see :func:`bench_micro`):
 - end to end: events/s from one producer thread to ``fiddler-trace collector`` in a subprocess;
 - memory: RSS growth while 1,000,000 events are produced with the server down (a closed port),
   default limits, in a fresh subprocess;
+- the floor, in the same processes (``floor.py``): a pass-through wrapt wrapper, and the least
+  a capture on wrapt can do, timed as ``@monitor`` is; and the operations issue #7 timed "for
+  scale", beside the issue's figures, with the targets scaled by the median ratio;
 - reference, when ``opentelemetry-sdk`` and ``opentelemetry-exporter-otlp-proto-http`` are
   installed (``pip install -e ".[bench]"``): the same function with an OpenTelemetry span per
   call (BatchSpanProcessor, OTLP/HTTP exporter, defaults) to a loopback sink in this process.
@@ -45,6 +48,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import repeat
 from typing import Any, Callable, Optional
+
+from floor import ISSUE_REFERENCE_US, MinimalPipeline, pass_through, reference_operations
 
 import fiddler_trace
 from fiddler_trace import testing
@@ -231,6 +236,45 @@ def bench_enabled(url: str, repeats: int) -> dict[str, list[float]]:
     return runs
 
 
+def bench_floor(url: str, repeats: int) -> dict[str, list[float]]:
+    """Runs of the floor (see ``floor.py``): a pass-through wrapt wrapper, then the minimal
+    capture timed as ``@monitor`` is in :func:`bench_enabled`."""
+    testing.reset()  # fiddler_trace off: these rows are the references alone
+    names = ("pass_bare", "pass", "bare_wall", "bare_cpu", "caller", "producer_cpu", "worker_cpu")
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    wrapped = pass_through(predict)
+    loop_ns(wrapped, LOOP)
+    for _ in range(repeats):  # before the minimal capture's worker thread exists
+        runs["pass_bare"].append(loop_ns(predict, LOOP) / LOOP / 1e3)
+        runs["pass"].append(loop_ns(wrapped, LOOP) / LOOP / 1e3)
+    pipeline = MinimalPipeline(url, MODEL)
+    minimal = pipeline.wrap(predict)
+    try:
+        loop_ns(minimal, LOOP)  # warm: connects
+        pipeline.flush()
+        assert pipeline.thread.ident is not None
+        worker_clock = time.pthread_getcpuclockid(pipeline.thread.ident)
+        for _ in range(repeats):
+            cpu0 = time.thread_time_ns()
+            runs["bare_wall"].append(loop_ns(predict, LOOP) / LOOP / 1e3)
+            runs["bare_cpu"].append((time.thread_time_ns() - cpu0) / LOOP / 1e3)
+            gc.collect()
+            wall0, thread0 = time.perf_counter_ns(), time.thread_time_ns()
+            worker0 = time.clock_gettime_ns(worker_clock)
+            loop_ns(minimal, LOOP)
+            thread1 = time.thread_time_ns()
+            pipeline.flush()
+            wall1, worker1 = time.perf_counter_ns(), time.clock_gettime_ns(worker_clock)
+            runs["caller"].append((wall1 - wall0) / LOOP / 1e3)
+            runs["producer_cpu"].append((thread1 - thread0) / LOOP / 1e3)
+            runs["worker_cpu"].append((worker1 - worker0) / LOOP / 1e3)
+    finally:
+        pipeline.close()
+    if pipeline.sent != (repeats + 1) * LOOP:
+        raise SystemExit(f"floor: {pipeline.sent:,} events sent of {(repeats + 1) * LOOP:,}")
+    return runs
+
+
 def bench_emit(url: str, repeats: int) -> dict[str, list[float]]:
     """Runs of ``logger.info`` with a 5-column ``extra``, without and with a FiddlerHandler."""
     testing.reset()
@@ -286,7 +330,12 @@ def micro_child(repeats: int, sections: set[str]) -> None:
     logging.getLogger("fiddler_trace").setLevel(logging.ERROR)
     sink, url = start_sink()
     try:
-        runs = {"disabled": bench_disabled(repeats), "enabled": bench_enabled(url, repeats)}
+        runs = {
+            "disabled": bench_disabled(repeats),
+            "enabled": bench_enabled(url, repeats),
+            "floor": bench_floor(url, repeats),
+            "reference": {name: [value] for name, value in reference_operations(50_000).items()},
+        }
         if "emit" in sections:
             runs["emit"] = bench_emit(url, repeats)
     finally:
@@ -322,7 +371,7 @@ def bench_micro(processes: int, repeats: int, sections: set[str]) -> dict[str, A
         for section, runs in json.loads(output.strip().splitlines()[-1]).items():
             for name, values in runs.items():
                 pooled.setdefault(section, {}).setdefault(name, []).extend(values)
-    disabled, enabled = pooled["disabled"], pooled["enabled"]
+    disabled, enabled, floor = pooled["disabled"], pooled["enabled"], pooled["floor"]
     result: dict[str, Any] = {
         "bare": paired(disabled["bare"], disabled["bare"]),
         "disabled": paired(disabled["bare"], disabled["disabled"]),
@@ -330,6 +379,13 @@ def bench_micro(processes: int, repeats: int, sections: set[str]) -> dict[str, A
         "process_cpu": paired(enabled["bare_cpu"], enabled["process_cpu"]),
         "producer_cpu": paired(enabled["bare_cpu"], enabled["producer_cpu"]),
         "worker_cpu_us": median(enabled["worker_cpu"]),
+        "floor": {
+            "pass_through": paired(floor["pass_bare"], floor["pass"]),
+            "caller": paired(floor["bare_wall"], floor["caller"]),
+            "producer_cpu": paired(floor["bare_cpu"], floor["producer_cpu"]),
+            "worker_cpu_us": median(floor["worker_cpu"]),
+        },
+        "reference_us": {name: median(values) for name, values in pooled["reference"].items()},
         "processes": processes,
         "runs": pooled,
     }
@@ -520,6 +576,43 @@ def table(result: dict[str, Any]) -> str:
         alone("  producer thread CPU per event", per_call["producer_cpu"]["us"], 1.5),
         alone("  worker thread CPU per event", per_call["worker_cpu_us"], 2.0),
     ]
+    floor = per_call.get("floor")
+    if floor:
+        lines += [
+            "the floor, same processes (benchmarks/floor.py: the least a capture on wrapt does;",
+            "a target it misses, no such capture meets in these runs):",
+            versus("  pass-through wrapt wrapper", floor["pass_through"]),
+            versus("  minimal capture: caller wall, loop + flush", floor["caller"], 2.5),
+            alone("    producer thread CPU per event", floor["producer_cpu"]["us"], 1.5),
+            alone("    worker thread CPU per event", floor["worker_cpu_us"], 2.0),
+        ]
+    reference = per_call.get("reference_us")
+    if reference:
+        factors = [reference[name] / ISSUE_REFERENCE_US[name] for name in ISSUE_REFERENCE_US]
+        factor = statistics.median(factors)
+        measured = [
+            f"{name} {reference[name]:.2f} ({ISSUE_REFERENCE_US[name]:g})"
+            for name in ISSUE_REFERENCE_US
+        ]
+        lines += [
+            "this machine against the issue's: its operations 'for scale' timed here, µs "
+            "(the issue's in brackets):",
+            "  " + "; ".join(measured[:3]),
+            "  " + "; ".join(measured[3:]),
+        ]
+        scaled = (2.5 * factor, 1.5 * factor, 2.0 * factor)
+        met = (
+            per_call["caller"]["diff_us"] <= scaled[0],
+            per_call["producer_cpu"]["us"] <= scaled[1],
+            per_call["worker_cpu_us"] <= scaled[2],
+        )
+        verdicts = [
+            f"{name} ≤ {limit:.2f} µs: {'yes' if ok else 'NO'}"
+            for name, limit, ok in zip(("caller +", "producer", "worker"), scaled, met)
+        ]
+        lines.append(
+            f"  median factor {factor:.2f}x; the targets scaled by it: " + ", ".join(verdicts)
+        )
     if "emit" in per_call:
         lines += [
             versus("FiddlerHandler: logger.info, thread CPU", per_call["emit_cpu"], 2.0),

@@ -197,6 +197,20 @@ class BatchBuffer:
                 return item[0], item[4]
         return None
 
+    def remember_queued(self, *, locked: bool = True) -> None:
+        """Remember the ids of the publishes still queued, for ``update()``: this buffer's
+        worker may never drain them (its pipeline is being replaced and the worker may be stuck
+        in a request; or this is a forked child, where the queue is the parent's). Any thread;
+        ``locked=False`` in a forked child, where the drain lock may belong to a thread that
+        did not survive the fork."""
+        if locked:
+            with self._drain_lock:
+                queued_now = list(self.queue)
+        else:
+            queued_now = list(self.queue)
+        for item in queued_now:
+            remember_publish(item)
+
     # -- worker side: the worker thread only ---------------------------------------------------
 
     def drain(self, now: float) -> list[Refusal]:

@@ -296,6 +296,11 @@ def configure(**overrides: Any) -> Settings:
 def _replace_pipeline(new: Optional[Pipeline]) -> Optional[Pipeline]:
     global _current
     old, _current = _current, new
+    if old is not None:
+        # Its worker remembers ids as it drains them, but it may never drain what is queued
+        # now (stuck in a request, or the parent's after a fork): update() must still know
+        # the events this process captured, and find_queued only searches the new queue.
+        old.buffer.remember_queued(locked=old.pid == os.getpid())
     return old
 
 

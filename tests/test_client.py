@@ -272,3 +272,33 @@ def test_verify_ca_bundle_is_loaded(tmp_path):
     bad.write_text("not a certificate")
     with pytest.raises(ssl.SSLError):
         EventsClient("https://fiddler.example", TOKEN, verify=str(bad))
+
+
+@pytest.mark.parametrize(
+    "url, proxy, loads",
+    [
+        ("http://127.0.0.1:8080", None, False),  # no TLS connection is ever made
+        ("HTTP://127.0.0.1:8080", None, False),
+        ("https://fiddler.example", None, True),
+        ("http://127.0.0.1:8080", ("HTTP_PROXY", "https://proxy.example:3128"), True),
+        ("http://127.0.0.1:8080", ("all_proxy", "https://proxy.example:3128"), True),
+    ],
+)
+def test_the_ca_bundle_is_loaded_only_where_tls_may_be_used(monkeypatch, url, proxy, loads):
+    """verify=True loads the CA bundle (tens of ms per client) only when the client may make a
+    TLS connection: to an https:// URL, or through a proxy from the environment."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    if proxy is not None:
+        monkeypatch.setenv(*proxy)
+    loaded: list[Any] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def load_verify_locations(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loaded.append(args or kwargs)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", load_verify_locations)
+    EventsClient(url, TOKEN).close()
+    assert bool(loaded) is loads
