@@ -275,7 +275,7 @@ def test_verify_ca_bundle_is_loaded(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "url, proxy, loads",
+    ("url", "proxy", "loads"),
     [
         ("http://127.0.0.1:8080", None, False),  # no TLS connection is ever made
         ("HTTP://127.0.0.1:8080", None, False),
