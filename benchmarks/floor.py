@@ -30,7 +30,7 @@ import time
 import timeit
 import uuid
 from itertools import repeat
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import orjson
 import wrapt
@@ -72,8 +72,10 @@ class MinimalPipeline:
     def __init__(self, url: str, model_id: str) -> None:
         self.queue: collections.deque[tuple[int, float, tuple, Any]] = collections.deque()
         self.sent = 0
-        self._flushing = False  # send partial batches too
-        self._busy = False  # set before the worker takes the first item of a batch
+        self._flushing = False  # send partial batches too, then set _drained
+        self._wake = threading.Event()  # set by flush() only: producers never wake the worker
+        self._drained = threading.Event()
+        self._error: Optional[BaseException] = None
         self._stopping = False
         host, port = url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
         self._conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -96,34 +98,41 @@ class MinimalPipeline:
         return wrapt.FunctionWrapper(_probe_free(func), wrapper)  # type: ignore[no-any-return]
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait until every queued event is sent (the worker polls; this polls it)."""
+        """Wait until every event queued so far is sent; raise what stopped the worker."""
+        self._drained.clear()
         self._flushing = True
-        deadline = time.monotonic() + timeout
-        while self.queue or self._busy:
-            if time.monotonic() > deadline:
-                raise SystemExit("floor: the minimal pipeline did not drain")
-            time.sleep(0.0005)
-        self._flushing = False
+        self._wake.set()
+        if not self._drained.wait(timeout):
+            raise SystemExit("floor: the minimal pipeline did not drain")
+        if self._error is not None:
+            raise SystemExit(f"floor: the worker failed: {self._error!r}")
 
     def close(self) -> None:
         self._stopping = True
+        self._wake.set()
         self.thread.join(10)
         self._conn.close()
 
     def _run(self) -> None:
-        self._conn.connect()
-        self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        queue = self.queue
-        while not self._stopping:
-            if len(queue) >= BATCH or (self._flushing and queue):
-                self._busy = True
-                self._send(min(len(queue), BATCH))
-                self._busy = False
-            else:
-                # Polled: the cheapest wake-up for the caller is none at all. Each poll takes
-                # the interpreter lock from the caller within a switch interval (5 ms), about
-                # as often as @monitor's worker is woken for a full batch.
-                time.sleep(0.005)
+        try:
+            self._conn.connect()
+            self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            queue = self.queue
+            while not self._stopping:
+                if len(queue) >= BATCH or (self._flushing and queue):
+                    self._send(min(len(queue), BATCH))
+                elif self._flushing and not queue:  # everything flush() waits for is sent
+                    self._flushing = False
+                    self._drained.set()
+                else:
+                    # Polled for full batches: the cheapest wake-up for the caller is none at
+                    # all. Each poll takes the interpreter lock from the caller within a switch
+                    # interval (5 ms), about as often as @monitor's worker is woken.
+                    self._wake.wait(0.005)
+                    self._wake.clear()
+        except BaseException as error:
+            self._error = error
+            self._drained.set()
 
     def _send(self, count: int) -> None:
         popleft = self.queue.popleft
@@ -148,7 +157,7 @@ class MinimalPipeline:
         response = self._conn.getresponse()
         response.read()
         if response.status != 200:
-            raise SystemExit(f"floor: the sink answered {response.status}")
+            raise RuntimeError(f"the sink answered {response.status}")
         self.sent += count
 
 

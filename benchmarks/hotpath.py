@@ -581,7 +581,7 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "the floor, same processes (benchmarks/floor.py: the least a capture on wrapt does;",
             "a target it misses, no such capture meets in these runs):",
-            versus("  pass-through wrapt wrapper", floor["pass_through"]),
+            versus("  pass-through wrapt wrapper, probe answered", floor["pass_through"]),
             versus("  minimal capture: caller wall, loop + flush", floor["caller"], 2.5),
             alone("    producer thread CPU per event", floor["producer_cpu"]["us"], 1.5),
             alone("    worker thread CPU per event", floor["worker_cpu_us"], 2.0),

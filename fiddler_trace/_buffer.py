@@ -197,19 +197,14 @@ class BatchBuffer:
                 return item[0], item[4]
         return None
 
-    def remember_queued(self, *, locked: bool = True) -> None:
-        """Remember the ids of the publishes still queued, for ``update()``: this buffer's
-        worker may never drain them (its pipeline is being replaced and the worker may be stuck
-        in a request; or this is a forked child, where the queue is the parent's). Any thread;
-        ``locked=False`` in a forked child, where the drain lock may belong to a thread that
-        did not survive the fork."""
-        if locked:
-            with self._drain_lock:
-                queued_now = list(self.queue)
-        else:
-            queued_now = list(self.queue)
-        for item in queued_now:
-            remember_publish(item)
+    def forget_queued(self) -> None:
+        """After this buffer's last flush (its pipeline replaced or shut down): the publishes
+        still queued will never be sent, so an ``update()`` of one is dropped silently, as for
+        a sampled-out call, instead of raising for an id this process did capture. Any thread
+        (``list()`` of a deque is atomic); what the worker already took, it remembers itself."""
+        for item in list(self.queue):
+            if type(item) is tuple or not isinstance(item, Update):
+                RECENT.add(item[1], None, item[4])
 
     # -- worker side: the worker thread only ---------------------------------------------------
 

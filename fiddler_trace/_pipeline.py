@@ -290,20 +290,13 @@ def configure(**overrides: Any) -> Settings:
         _set_capturing(new.enabled or _sink is not None)
     if old_pipeline is not None:
         old_pipeline.shutdown(new.exit_timeout)
+        old_pipeline.buffer.forget_queued()
     return new
 
 
 def _replace_pipeline(new: Optional[Pipeline]) -> Optional[Pipeline]:
     global _current
-    old = _current
-    if old is not None:
-        # Its worker remembers ids as it drains them, but it may never drain what is queued
-        # now (stuck in a request, or the parent's after a fork): update() must still know
-        # the events this process captured, and find_queued only searches the current queue.
-        # Before the swap, so that an update() meanwhile finds them in that queue; ~80 ms
-        # for a full default queue (100,000), while producers go on queueing without _lock.
-        old.buffer.remember_queued(locked=old.pid == os.getpid())
-    _current = new
+    old, _current = _current, new
     return old
 
 
@@ -442,6 +435,8 @@ def shutdown(timeout: Optional[float] = None) -> bool:
     if pipeline is None:
         return True
     delivered = pipeline.shutdown(timeout)
+    if not _exiting:
+        pipeline.buffer.forget_queued()
     left = pipeline.leftover()
     if left:
         logger.warning(

@@ -15,7 +15,6 @@ import httpx
 import orjson
 import pytest
 from faults import Hang, fault_server
-from test_ids import in_forked_child
 
 import fiddler_trace
 from fiddler_trace import ConfigurationError, FiddlerHandler, Job, _ids, _pipeline, monitor, testing
@@ -482,10 +481,11 @@ def test_an_update_of_an_event_still_queued_finds_its_model():
     assert [r.method for r in answered[posted + 1 :]] == ["PATCH"]
 
 
-def test_an_update_of_an_event_left_in_a_replaced_pipeline_knows_its_model():
+def test_an_update_of_an_event_lost_with_a_replaced_pipeline_is_dropped_silently():
     """init() replaces a pipeline whose worker is stuck with an event still queued: that event
-    is lost to the old worker, but this process captured it, so update() without model_id still
-    knows its model and id column (and does not say it was "not captured")."""
+    is never sent, so its update() (no model_id) is dropped, as for a sampled-out call, rather
+    than raising for an id this process did capture or sending a PATCH with no event before it.
+    The new pipeline's own events are updated as usual, over HTTP."""
     with fault_server() as stuck, fault_server() as server:
         stuck.push(Hang())
         fiddler_trace.init(enabled=True, url=stuck.url, token="t", flush_interval=0.01)
@@ -496,38 +496,29 @@ def test_an_update_of_an_event_left_in_a_replaced_pipeline_knows_its_model():
         assert _pipeline.current().buffer.queue  # never drained by the old worker
         fiddler_trace.init(enabled=True, url=server.url, token="t", exit_timeout=0.1)
         fiddler_trace.update(queued, {"target": 2})
+        predict(3)
+        fresh = fiddler_trace.last_event_id()
+        fiddler_trace.update(fresh, {"target": 3})
         assert fiddler_trace.flush(10)
         stuck.release()
-    [patch] = [r for r in server.received if r.method == "PATCH"]
-    assert patch.body["model_id"] == MODEL
-    assert [row["event_id"] for row in server.events("PATCH")] == [queued]
+    assert [row["event_id"] for row in server.events("PATCH")] == [fresh]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_knows_the_ids_its_parent_had_queued():
-    """The parent's queue is the parent's to send, but a child that update()s one of those
-    events (its id handed over before the fork) gets its model without naming it."""
-    with fault_server() as server:
-        server.push(Hang())
-        fiddler_trace.init(enabled=True, url=server.url, token="t", flush_interval=0.01)
+def test_an_update_of_an_event_left_queued_at_shutdown_is_dropped_silently():
+    """shutdown() gives up on a stuck worker with an event still queued: an update() of that
+    event afterwards is dropped (it would otherwise raise for an id this process captured)."""
+    with fault_server() as stuck:
+        stuck.push(Hang())
+        fiddler_trace.init(enabled=True, url=stuck.url, token="t", flush_interval=0.01)
         predict(1)
-        assert server.wait_for(lambda: len(server.received) == 1)  # the worker is stuck there
+        assert stuck.wait_for(lambda: len(stuck.received) == 1)  # the worker is stuck there
         predict(2)
         queued = fiddler_trace.last_event_id()
-        assert _pipeline.current().buffer.queue
-
-        def report() -> str:
-            try:
-                fiddler_trace.update(queued, {"target": 2})
-            except Exception as error:
-                return repr(error)
-            return "ok"
-
-        try:
-            in_child = in_forked_child(report)
-        finally:
-            server.release()
-    assert in_child == "ok"
+        assert not fiddler_trace.shutdown(0.1)
+        fiddler_trace.update(queued, {"target": 2})
+        with pytest.raises(ValueError, match="not captured by this process"):
+            fiddler_trace.update(UNKNOWN_ID, {"target": 2})
+        stuck.release()
 
 
 def test_an_update_naming_model_and_column_does_not_search_the_queue(monkeypatch):
