@@ -99,11 +99,12 @@ class MinimalPipeline:
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every event queued so far is sent; raise what stopped the worker."""
-        self._drained.clear()
-        self._flushing = True
-        self._wake.set()
-        if not self._drained.wait(timeout):
-            raise SystemExit("floor: the minimal pipeline did not drain")
+        if self._error is None:
+            self._drained.clear()
+            self._flushing = True
+            self._wake.set()
+            if not self._drained.wait(timeout):
+                raise SystemExit("floor: the minimal pipeline did not drain")
         if self._error is not None:
             raise SystemExit(f"floor: the worker failed: {self._error!r}")
 

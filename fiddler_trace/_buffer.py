@@ -201,10 +201,12 @@ class BatchBuffer:
         """After this buffer's last flush (its pipeline replaced or shut down): the publishes
         still queued will never be sent, so an ``update()`` of one is dropped silently, as for
         a sampled-out call, instead of raising for an id this process did capture. Any thread
-        (``list()`` of a deque is atomic); what the worker already took, it remembers itself."""
-        for item in list(self.queue):
-            if type(item) is tuple or not isinstance(item, Update):
-                RECENT.add(item[1], None, item[4])
+        of this process; what the worker already took, it remembers itself."""
+        with self._drain_lock:  # not while the worker moves an item it will remember
+            queued_now = list(self.queue)
+            for item in queued_now:
+                if type(item) is tuple or not isinstance(item, Update):
+                    RECENT.add(item[1], None, item[4])
 
     # -- worker side: the worker thread only ---------------------------------------------------
 

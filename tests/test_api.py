@@ -456,18 +456,24 @@ def test_an_update_made_inside_a_call_that_raises_is_dropped():
         assert events.updates == []
 
 
+def _one_event_stuck_in_the_queue(server) -> str:
+    """Start capture against ``server``, which hangs on its first request: one event waits in
+    that request, the next in the queue. Returns the queued event's id."""
+    server.push(Hang())
+    fiddler_trace.init(enabled=True, url=server.url, token="t", flush_interval=0.01)
+    predict(1)
+    assert server.wait_for(lambda: len(server.received) == 1)  # the worker is stuck there
+    predict(2)
+    assert _pipeline.current().buffer.queue  # not drained
+    return fiddler_trace.last_event_id()
+
+
 def test_an_update_of_an_event_still_queued_finds_its_model():
     """The worker remembers the ids it drains; an update() made while the event still waits in
     the queue (the worker busy with a hung request) finds the event there, over HTTP, and the
     PATCH follows the POST."""
     with fault_server() as server:
-        server.push(Hang())
-        fiddler_trace.init(enabled=True, url=server.url, token="t", flush_interval=0.01)
-        predict(1)
-        assert server.wait_for(lambda: len(server.received) == 1)  # the worker is stuck there
-        predict(2)
-        second = fiddler_trace.last_event_id()
-        assert _pipeline.current().buffer.queue  # not drained yet
+        second = _one_event_stuck_in_the_queue(server)
         fiddler_trace.update(second, {"target": 2})  # no model_id: found in the queue
         server.release()
         assert fiddler_trace.flush(10)
@@ -487,13 +493,7 @@ def test_an_update_of_an_event_lost_with_a_replaced_pipeline_is_dropped_silently
     than raising for an id this process did capture or sending a PATCH with no event before it.
     The new pipeline's own events are updated as usual, over HTTP."""
     with fault_server() as stuck, fault_server() as server:
-        stuck.push(Hang())
-        fiddler_trace.init(enabled=True, url=stuck.url, token="t", flush_interval=0.01)
-        predict(1)
-        assert stuck.wait_for(lambda: len(stuck.received) == 1)  # the worker is stuck there
-        predict(2)
-        queued = fiddler_trace.last_event_id()
-        assert _pipeline.current().buffer.queue  # never drained by the old worker
+        queued = _one_event_stuck_in_the_queue(stuck)
         fiddler_trace.init(enabled=True, url=server.url, token="t", exit_timeout=0.1)
         fiddler_trace.update(queued, {"target": 2})
         predict(3)
@@ -508,17 +508,14 @@ def test_an_update_of_an_event_left_queued_at_shutdown_is_dropped_silently():
     """shutdown() gives up on a stuck worker with an event still queued: an update() of that
     event afterwards is dropped (it would otherwise raise for an id this process captured)."""
     with fault_server() as stuck:
-        stuck.push(Hang())
-        fiddler_trace.init(enabled=True, url=stuck.url, token="t", flush_interval=0.01)
-        predict(1)
-        assert stuck.wait_for(lambda: len(stuck.received) == 1)  # the worker is stuck there
-        predict(2)
-        queued = fiddler_trace.last_event_id()
+        queued = _one_event_stuck_in_the_queue(stuck)
         assert not fiddler_trace.shutdown(0.1)
         fiddler_trace.update(queued, {"target": 2})
+        assert _pipeline.current() is None  # dropped: no pipeline was started to send it
         with pytest.raises(ValueError, match="not captured by this process"):
             fiddler_trace.update(UNKNOWN_ID, {"target": 2})
         stuck.release()
+    assert not any(r.method == "PATCH" for r in stuck.received)
 
 
 def test_an_update_naming_model_and_column_does_not_search_the_queue(monkeypatch):
