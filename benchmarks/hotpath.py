@@ -200,6 +200,36 @@ def bench_disabled(repeats: int) -> dict[str, list[float]]:
     return runs
 
 
+def capture_runs() -> dict[str, list[float]]:
+    """Empty runs of the figures :func:`time_capture` takes."""
+    names = ("bare_wall", "bare_cpu", "caller", "process_cpu", "producer_cpu", "worker_cpu")
+    return {name: [] for name in names}
+
+
+def time_capture(
+    runs: dict[str, list[float]],
+    captured: Callable[..., Any],
+    flush: Callable[[], Any],
+    worker_ns: Callable[[], int],
+) -> None:
+    """One repeat: a loop of the bare call, then a loop of ``captured`` timed until ``flush()``
+    returns; each figure appended to ``runs`` in µs per call."""
+    cpu0 = time.thread_time_ns()
+    runs["bare_wall"].append(loop_ns(predict, LOOP) / LOOP / 1e3)
+    runs["bare_cpu"].append((time.thread_time_ns() - cpu0) / LOOP / 1e3)
+    gc.collect()
+    wall0, thread0 = time.perf_counter_ns(), time.thread_time_ns()
+    process0, worker0 = time.process_time_ns(), worker_ns()
+    loop_ns(captured, LOOP)
+    thread1 = time.thread_time_ns()
+    flush()
+    wall1, process1, worker1 = time.perf_counter_ns(), time.process_time_ns(), worker_ns()
+    runs["caller"].append((wall1 - wall0) / LOOP / 1e3)
+    runs["process_cpu"].append((process1 - process0) / LOOP / 1e3)
+    runs["producer_cpu"].append((thread1 - thread0) / LOOP / 1e3)
+    runs["worker_cpu"].append((worker1 - worker0) / LOOP / 1e3)
+
+
 def bench_enabled(url: str, repeats: int) -> dict[str, list[float]]:
     """Runs of caller wall, process, producer and worker CPU per call, capture on."""
     testing.reset()
@@ -208,28 +238,14 @@ def bench_enabled(url: str, repeats: int) -> dict[str, list[float]]:
     loop_ns(monitored, LOOP)  # warm: starts the worker and its connection
     fiddler_trace.flush(60)
     sent_before = fiddler_trace.stats()["sent"]
-    names = ("bare_wall", "bare_cpu", "caller", "process_cpu", "producer_cpu", "worker_cpu")
-    runs: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        cpu0 = time.thread_time_ns()
-        runs["bare_wall"].append(loop_ns(predict, LOOP) / LOOP / 1e3)
-        runs["bare_cpu"].append((time.thread_time_ns() - cpu0) / LOOP / 1e3)
-        gc.collect()
-        wall0, thread0, process0, worker0 = (
-            time.perf_counter_ns(),
-            time.thread_time_ns(),
-            time.process_time_ns(),
-            worker_cpu_ns(),
-        )
-        loop_ns(monitored, LOOP)
-        thread1 = time.thread_time_ns()
+    runs = capture_runs()
+
+    def flush() -> None:
         if not fiddler_trace.flush(60):
             raise SystemExit(f"flush failed: {fiddler_trace.stats()}")
-        wall1, process1, worker1 = time.perf_counter_ns(), time.process_time_ns(), worker_cpu_ns()
-        runs["caller"].append((wall1 - wall0) / LOOP / 1e3)
-        runs["process_cpu"].append((process1 - process0) / LOOP / 1e3)
-        runs["producer_cpu"].append((thread1 - thread0) / LOOP / 1e3)
-        runs["worker_cpu"].append((worker1 - worker0) / LOOP / 1e3)
+
+    for _ in range(repeats):
+        time_capture(runs, monitored, flush, worker_cpu_ns)
     stats = fiddler_trace.stats()
     if stats["sent"] - sent_before != repeats * LOOP or stats["dropped"]:
         raise SystemExit(f"not every event was delivered: {stats}")
@@ -240,8 +256,8 @@ def bench_floor(url: str, repeats: int) -> dict[str, list[float]]:
     """Runs of the floor (see ``floor.py``): a pass-through wrapt wrapper, then the minimal
     capture timed as ``@monitor`` is in :func:`bench_enabled`."""
     testing.reset()  # fiddler_trace off: these rows are the references alone
-    names = ("pass_bare", "pass", "bare_wall", "bare_cpu", "caller", "producer_cpu", "worker_cpu")
-    runs: dict[str, list[float]] = {name: [] for name in names}
+    runs = capture_runs()
+    runs["pass_bare"], runs["pass"] = [], []
     wrapped = pass_through(predict)
     loop_ns(wrapped, LOOP)
     for _ in range(repeats):  # before the minimal capture's worker thread exists
@@ -255,19 +271,7 @@ def bench_floor(url: str, repeats: int) -> dict[str, list[float]]:
         assert pipeline.thread.ident is not None
         worker_clock = time.pthread_getcpuclockid(pipeline.thread.ident)
         for _ in range(repeats):
-            cpu0 = time.thread_time_ns()
-            runs["bare_wall"].append(loop_ns(predict, LOOP) / LOOP / 1e3)
-            runs["bare_cpu"].append((time.thread_time_ns() - cpu0) / LOOP / 1e3)
-            gc.collect()
-            wall0, thread0 = time.perf_counter_ns(), time.thread_time_ns()
-            worker0 = time.clock_gettime_ns(worker_clock)
-            loop_ns(minimal, LOOP)
-            thread1 = time.thread_time_ns()
-            pipeline.flush()
-            wall1, worker1 = time.perf_counter_ns(), time.clock_gettime_ns(worker_clock)
-            runs["caller"].append((wall1 - wall0) / LOOP / 1e3)
-            runs["producer_cpu"].append((thread1 - thread0) / LOOP / 1e3)
-            runs["worker_cpu"].append((worker1 - worker0) / LOOP / 1e3)
+            time_capture(runs, minimal, pipeline.flush, lambda: time.clock_gettime_ns(worker_clock))
     finally:
         pipeline.close()
     if pipeline.sent != (repeats + 1) * LOOP:
