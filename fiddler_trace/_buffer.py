@@ -197,16 +197,26 @@ class BatchBuffer:
                 return item[0], item[4]
         return None
 
-    def forget_queued(self) -> None:
+    def forget_unsent(self) -> None:
         """After this buffer's last flush (its pipeline replaced or shut down): the publishes
-        still queued will never be sent, so an ``update()`` of one is dropped silently, as for
-        a sampled-out call, instead of raising for an id this process did capture. Any thread
-        of this process; what the worker already took, it remembers itself."""
+        it did not deliver, still queued or in a batch it gave up on, will not be sent by this
+        process, so an ``update()`` of one is dropped, as for a sampled-out call, instead of
+        going out through the next pipeline ahead of its event, or without it. A spool's
+        batches are not here (``keep_all`` took them). Any thread of this process."""
         with self._drain_lock:  # not while the worker moves an item it will remember
-            queued_now = list(self.queue)
-            for item in queued_now:
+            for item in list(self.queue):
                 if type(item) is tuple or not isinstance(item, Update):
                     RECENT.add(item[1], None, item[4])
+            unsent = [b for b in self.open if b.method == POST and b.origin is None]
+        for batch in unsent:  # ids read back from the encoded rows: the rare path
+            columns = batch.columns
+            for index, text in enumerate(batch.event_ids()):
+                column = columns if isinstance(columns, str) else columns[index]
+                if text:  # remembered by the int if this library drew it, else by the text
+                    RECENT.add(text, None, column)
+                    bits = id_bits(text)
+                    if bits is not None:
+                        RECENT.add(bits, None, column)
 
     # -- worker side: the worker thread only ---------------------------------------------------
 

@@ -290,7 +290,7 @@ def configure(**overrides: Any) -> Settings:
         _set_capturing(new.enabled or _sink is not None)
     if old_pipeline is not None:
         old_pipeline.shutdown(new.exit_timeout)
-        old_pipeline.buffer.forget_queued()
+        old_pipeline.buffer.forget_unsent()
     return new
 
 
@@ -436,7 +436,7 @@ def shutdown(timeout: Optional[float] = None) -> bool:
         return True
     delivered = pipeline.shutdown(timeout)
     if not _exiting:
-        pipeline.buffer.forget_queued()
+        pipeline.buffer.forget_unsent()
     left = pipeline.leftover()
     if left:
         logger.warning(

@@ -456,16 +456,17 @@ def test_an_update_made_inside_a_call_that_raises_is_dropped():
         assert events.updates == []
 
 
-def _one_event_stuck_in_the_queue(server) -> str:
+def _one_event_stuck_in_the_queue(server) -> tuple[str, str]:
     """Start capture against ``server``, which hangs on its first request: one event waits in
-    that request, the next in the queue. Returns the queued event's id."""
+    that request, the next in the queue. Returns their ids: ``(in the request, queued)``."""
     server.push(Hang())
     fiddler_trace.init(enabled=True, url=server.url, token="t", flush_interval=0.01)
     predict(1)
+    sending = fiddler_trace.last_event_id()
     assert server.wait_for(lambda: len(server.received) == 1)  # the worker is stuck there
     predict(2)
     assert _pipeline.current().buffer.queue  # not drained
-    return fiddler_trace.last_event_id()
+    return sending, fiddler_trace.last_event_id()
 
 
 def test_an_update_of_an_event_still_queued_finds_its_model():
@@ -473,7 +474,7 @@ def test_an_update_of_an_event_still_queued_finds_its_model():
     the queue (the worker busy with a hung request) finds the event there, over HTTP, and the
     PATCH follows the POST."""
     with fault_server() as server:
-        second = _one_event_stuck_in_the_queue(server)
+        _, second = _one_event_stuck_in_the_queue(server)
         fiddler_trace.update(second, {"target": 2})  # no model_id: found in the queue
         server.release()
         assert fiddler_trace.flush(10)
@@ -488,13 +489,15 @@ def test_an_update_of_an_event_still_queued_finds_its_model():
 
 
 def test_an_update_of_an_event_lost_with_a_replaced_pipeline_is_dropped_silently():
-    """init() replaces a pipeline whose worker is stuck with an event still queued: that event
-    is never sent, so its update() (no model_id) is dropped, as for a sampled-out call, rather
-    than raising for an id this process did capture or sending a PATCH with no event before it.
-    The new pipeline's own events are updated as usual, over HTTP."""
+    """init() replaces a pipeline that gave up on two events, one in a request that hangs, one
+    still queued: neither is sent, so their update() (no model_id) is dropped, as for a
+    sampled-out call, rather than raising for an id this process did capture or going out
+    through the new pipeline before (or without) its event. The new pipeline's own events are
+    updated as usual, over HTTP."""
     with fault_server() as stuck, fault_server() as server:
-        queued = _one_event_stuck_in_the_queue(stuck)
+        sending, queued = _one_event_stuck_in_the_queue(stuck)
         fiddler_trace.init(enabled=True, url=server.url, token="t", exit_timeout=0.1)
+        fiddler_trace.update(sending, {"target": 1})
         fiddler_trace.update(queued, {"target": 2})
         predict(3)
         fresh = fiddler_trace.last_event_id()
@@ -504,12 +507,14 @@ def test_an_update_of_an_event_lost_with_a_replaced_pipeline_is_dropped_silently
     assert [row["event_id"] for row in server.events("PATCH")] == [fresh]
 
 
-def test_an_update_of_an_event_left_queued_at_shutdown_is_dropped_silently():
-    """shutdown() gives up on a stuck worker with an event still queued: an update() of that
-    event afterwards is dropped (it would otherwise raise for an id this process captured)."""
+def test_an_update_of_an_event_left_unsent_at_shutdown_is_dropped_silently():
+    """shutdown() gives up on a stuck worker with one event in its request and one queued: an
+    update() of either afterwards is dropped, not sent ahead of its event (or, for the queued
+    one, refused as an id this process did not capture)."""
     with fault_server() as stuck:
-        queued = _one_event_stuck_in_the_queue(stuck)
+        sending, queued = _one_event_stuck_in_the_queue(stuck)
         assert not fiddler_trace.shutdown(0.1)
+        fiddler_trace.update(sending, {"target": 1})
         fiddler_trace.update(queued, {"target": 2})
         assert _pipeline.current() is None  # dropped: no pipeline was started to send it
         with pytest.raises(ValueError, match="not captured by this process"):
