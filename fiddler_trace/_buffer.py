@@ -146,6 +146,7 @@ class BatchBuffer:
         self.open: set[Batch] = set()  # every drained, unresolved batch
         self._failed_ids = _IdHashes(failed_id_memory)
         self.dropped_ids: dict[int, bool] = {}  # id hashes, written by producers on a drop
+        self.forgot = False  # forget_unsent() ran: a late delivery gives ids their model back
         # The last timestamp string and the range of time.time() * 1000 it stands for.
         self._stamp = ""
         self._stamp_from = self._stamp_to = 0.0
@@ -199,24 +200,32 @@ class BatchBuffer:
 
     def forget_unsent(self) -> None:
         """After this buffer's last flush (its pipeline replaced or shut down): the publishes
-        it did not deliver, still queued or in a batch it gave up on, will not be sent by this
-        process, so an ``update()`` of one is dropped, as for a sampled-out call, instead of
-        going out through the next pipeline ahead of its event, or without it. A spool's
-        batches are not here (``keep_all`` took them). Any thread of this process."""
-        with self._drain_lock:  # not while the worker moves an item it will remember
-            for item in list(self.queue):
+        it did not deliver, still queued or in a batch it gave up on, are not sent by this
+        process any more, so an ``update()`` of one is dropped, as for a sampled-out call,
+        instead of going out through the next pipeline ahead of its event, or without it. A
+        request in flight that is answered 200 after all gives its events back their model
+        (:meth:`resolve`). A spool's batches are not here (``keep_all`` took them). Any thread
+        of this process; never raises (a stuck worker may wake and change the batches)."""
+        try:
+            with self._drain_lock:  # not while the worker moves an item it will remember
+                self.forgot = True
+                queued_now = list(self.queue)
+                unsent = [b for b in tuple(self.open) if b.method == POST]
+            for item in queued_now:
                 if type(item) is tuple or not isinstance(item, Update):
                     RECENT.add(item[1], None, item[4])
-            unsent = [b for b in self.open if b.method == POST and b.origin is None]
-        for batch in unsent:  # ids read back from the encoded rows: the rare path
-            columns = batch.columns
-            for index, text in enumerate(batch.event_ids()):
-                column = columns if isinstance(columns, str) else columns[index]
-                if text:  # remembered by the int if this library drew it, else by the text
-                    RECENT.add(text, None, column)
-                    bits = id_bits(text)
-                    if bits is not None:
-                        RECENT.add(bits, None, column)
+            for batch in unsent:
+                self._remember_batch(batch, None)
+        except Exception:  # the updates of those events then raise, as for an unknown id
+            pass
+
+    @staticmethod
+    def _remember_batch(batch: Batch, model_id: Optional[str]) -> None:
+        # By the text, which update() looks up first: one entry per event.
+        columns = batch.columns
+        for index, text in enumerate(batch.event_ids()):  # read back from the encoded rows
+            if text:
+                RECENT.add(text, model_id, columns if isinstance(columns, str) else columns[index])
 
     # -- worker side: the worker thread only ---------------------------------------------------
 
@@ -521,6 +530,8 @@ class BatchBuffer:
         its events later), or kept on disk (not ``remember``)."""
         self.open.discard(batch)
         self.outstanding -= len(batch)
+        if delivered and self.forgot and batch.method == POST:
+            self._remember_batch(batch, batch.model_id)  # landed after forget_unsent after all
         if not delivered and remember and batch.method == POST:
             model_id, failed = batch.model_id, self._failed_ids
             for event_id in batch.event_ids():

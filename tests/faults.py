@@ -44,6 +44,12 @@ class Hang:
 
 
 @dataclass
+class Stall:
+    """Answer nothing until :meth:`FaultServer.release` (or ``HANG_LIMIT``), then as usual: a
+    server slower than the client's patience but not its timeout."""
+
+
+@dataclass
 class LandThenDrop:
     """Accept and keep the events, then close the connection before answering."""
 
@@ -53,7 +59,7 @@ class Delay:
     seconds: float
 
 
-Fault = Union[Respond, Drop, Hang, Delay, LandThenDrop]
+Fault = Union[Respond, Drop, Hang, Stall, Delay, LandThenDrop]
 
 
 @dataclass
@@ -145,6 +151,9 @@ class FaultServer:
         if isinstance(fault, Hang):
             self.released.wait(HANG_LIMIT)
             fault = Drop()
+        if isinstance(fault, Stall):
+            self.released.wait(HANG_LIMIT)
+            fault = None
         if isinstance(fault, LandThenDrop):
             events = (received.body or {}).get("source", {}).get("events", [])
             self._answered(received, 0, events)

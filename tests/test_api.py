@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from faults import Hang, fault_server
+from faults import Hang, Stall, fault_server
 
 import fiddler_trace
 from fiddler_trace import ConfigurationError, FiddlerHandler, Job, _ids, _pipeline, monitor, testing
@@ -521,6 +521,27 @@ def test_an_update_of_an_event_left_unsent_at_shutdown_is_dropped_silently():
             fiddler_trace.update(UNKNOWN_ID, {"target": 2})
         stuck.release()
     assert not any(r.method == "PATCH" for r in stuck.received)
+
+
+def test_an_event_answered_after_its_pipeline_gave_up_on_it_can_be_updated():
+    """init() gives up on a request that the server answers 200 later after all: its event
+    is forgotten meanwhile, then gets its model back, and an update() of it goes out."""
+    with fault_server() as slow, fault_server() as server:
+        slow.push(Stall())
+        fiddler_trace.init(enabled=True, url=slow.url, token="t", flush_interval=0.01)
+        predict(1)
+        landed = fiddler_trace.last_event_id()
+        assert slow.wait_for(lambda: len(slow.received) == 1)  # the worker waits for it
+        old = _pipeline.current()
+        fiddler_trace.init(enabled=True, url=server.url, token="t", exit_timeout=0.1)
+        assert _ids.RECENT.get(landed) == (None, "event_id")  # forgotten, for now
+        slow.release()
+        old._thread.join(10)  # the old worker ends once the answer is handled
+        assert _ids.RECENT.get(landed) == (MODEL, "event_id")
+        fiddler_trace.update(landed, {"target": 1})
+        assert fiddler_trace.flush(10)
+    assert [e["event_id"] for e in slow.events()] == [landed]
+    assert [row["event_id"] for row in server.events("PATCH")] == [landed]
 
 
 def test_an_update_naming_model_and_column_does_not_search_the_queue(monkeypatch):
