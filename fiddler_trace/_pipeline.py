@@ -290,7 +290,8 @@ def configure(**overrides: Any) -> Settings:
         _set_capturing(new.enabled or _sink is not None)
     if old_pipeline is not None:
         old_pipeline.shutdown(new.exit_timeout)
-        old_pipeline.buffer.forget_unsent()
+        if old_pipeline.pid == os.getpid():  # not a parent's, noticed late after a C fork
+            old_pipeline.buffer.forget_unsent()
     return new
 
 
