@@ -49,12 +49,13 @@ _new_object = object.__new__
 _set_uuid_int = UUID.__dict__["int"].__set__
 
 
-def remember_publish(item: Item) -> bool:
+def remember_publish(item: Item, *, lost: bool = False) -> bool:
     """Remember the id of a publish that will not reach the worker (which remembers the ids
-    it drains), so that ``update()`` knows it; False for an update."""
+    it drains), so that ``update()`` knows it; ``lost``: it will never be sent, and its
+    update is dropped, as for a sampled-out call. False for an update."""
     if type(item) is not tuple and isinstance(item, Update):
         return False
-    RECENT.add(item[1], item[0], item[4])
+    RECENT.add(item[1], None if lost else item[0], item[4])
     return True
 
 
@@ -212,8 +213,7 @@ class BatchBuffer:
                 queued_now = list(self.queue)
                 unsent = [b for b in tuple(self.open) if b.method == POST]
             for item in queued_now:
-                if type(item) is tuple or not isinstance(item, Update):
-                    RECENT.add(item[1], None, item[4])
+                remember_publish(item, lost=True)
             for batch in unsent:
                 self._remember_batch(batch, None)
         except Exception:  # the updates of those events then raise, as for an unknown id
