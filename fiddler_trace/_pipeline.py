@@ -284,14 +284,18 @@ def configure(**overrides: Any) -> Settings:
     global _settings
     new = load_settings(**overrides)
     with _lock:
+        if _current is not None and _current.pid != os.getpid():
+            # A parent's, in a child forked without the fork hooks: nothing of it may be waited
+            # on (a parent's thread may have held one of its locks at the fork) or closed (the
+            # parent still uses its connections). Forgotten as _start() forgets it.
+            _report_stale(_adopt_after_fork_from_c())
         old_pipeline = _replace_pipeline(None)
         _ids.RECENT.resize(new.update_cache_size, new.update_cache_ttl)
         _settings = new
         _set_capturing(new.enabled or _sink is not None)
     if old_pipeline is not None:
         old_pipeline.shutdown(new.exit_timeout)
-        if old_pipeline.pid == os.getpid():  # not a parent's, noticed late after a C fork
-            old_pipeline.buffer.forget_unsent()
+        old_pipeline.buffer.forget_unsent()
     return new
 
 
@@ -315,25 +319,36 @@ def _start() -> Optional[Pipeline]:
             return _current
         stale = 0
         if _current is not None or _ids.seeded_in != pid:
-            # A fork that bypassed the fork hooks (a C fork outside uWSGI): do now what they
-            # would have done, or this child would draw its parent's (and its siblings') ids.
-            stale = 0 if _current is None else _current.buffer.depth()
-            _forks.run_child_hooks()
+            stale = _adopt_after_fork_from_c()
         active = settings()
         if _exiting or not active.enabled:
             return None
         _current = Pipeline(active, stats=STATS, transport=_transport)
-        if stale:
-            # The parent's queue, copied: its events are the parent's to send, and events this
-            # process captured before the fork was noticed are among them. Said, and counted as
-            # dropped so that a flush() reports them.
-            Stats.add(STATS.dropped, stale)
-            logger.warning(
-                "fiddler_trace: this process was forked without Python's fork hooks while up "
-                "to %d events were queued; events it captured before noticing are not sent",
-                stale,
-            )
+        _report_stale(stale)  # after the pipeline is made, so that its next flush() reports it
         return _current
+
+
+def _adopt_after_fork_from_c() -> int:
+    """In a child forked without the fork hooks (a C fork outside uWSGI), noticed late: do now
+    what the hooks would have done, or this child would draw its parent's (and its siblings')
+    ids and use its parent's pipeline. Returns how many events the parent's pipeline held.
+    Called with ``_lock`` held."""
+    stale = 0 if _current is None else _current.buffer.depth()
+    _forks.run_child_hooks()  # forgets the parent's pipeline without closing anything
+    return stale
+
+
+def _report_stale(stale: int) -> None:
+    if stale:
+        # The parent's queue, copied: its events are the parent's to send, and events this
+        # process captured before the fork was noticed are among them. Said, and counted as
+        # dropped.
+        Stats.add(STATS.dropped, stale)
+        logger.warning(
+            "fiddler_trace: this process was forked without Python's fork hooks while up "
+            "to %d events were queued; events it captured before noticing are not sent",
+            stale,
+        )
 
 
 def ready() -> bool:

@@ -294,3 +294,86 @@ def test_a_fork_without_hooks_noticed_late_says_what_it_may_have_lost(server):
     assert len(parent_line.split()) == 3 + 4 + 5
     sent = {event["event_id"] for event in server.events()}
     assert set(parent_line.split()) <= sent
+
+
+INIT_IN_A_CHILD_FORKED_FROM_C = """
+import ctypes, os, threading
+import fiddler_trace
+from fiddler_trace import _pipeline
+
+@fiddler_trace.monitor(model_id="6f1c0f0e-1111-4222-8333-444455556666")
+def predict(x):
+    return {"y": x}
+
+predict(1)
+assert fiddler_trace.flush(10)
+parent = _pipeline.current()
+# Another thread holds the parent's drain lock at the fork, as its worker does while it moves
+# events: in a child forked from C that thread does not exist and the lock is never released.
+held, release = threading.Event(), threading.Event()
+
+def hold():
+    with parent.buffer._drain_lock:
+        held.set()
+        release.wait()
+
+holder = threading.Thread(target=hold)
+holder.start()
+held.wait()
+read, write = os.pipe()
+pid = ctypes.PyDLL(None).fork()  # libc's fork: Python's fork hooks do not run
+if pid == 0:
+    try:  # the child leaves by os._exit: its parent's threads, copied, would hold up an exit
+        os.close(read)
+        done = threading.Event()
+        def configure():
+            # exit_timeout: how long a replaced pipeline of this process is waited for.
+            fiddler_trace.init(
+                url=os.environ["FIDDLER_URL"], token="t", enabled=True, exit_timeout=60
+            )
+            done.set()
+        threading.Thread(target=configure, daemon=True).start()
+        if not done.wait(10):
+            os.write(write, b"HUNG")
+            os._exit(0)
+        predict(2)
+        child_id = fiddler_trace.last_event_id()
+        delivered = fiddler_trace.flush(10)
+        os.write(write, f"{child_id} {delivered} {parent._client._http.is_closed}".encode())
+    finally:
+        os._exit(0)
+os.close(write)
+answer = os.read(read, 10_000).decode()
+os.waitpid(pid, 0)
+release.set()
+holder.join()
+predict(3)
+assert fiddler_trace.flush(10)
+print(answer)
+print(parent._client._http.is_closed)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs libc's fork")
+def test_init_in_a_child_forked_from_c_leaves_its_parents_pipeline_alone(server):
+    """``init()`` in a child forked without the fork hooks, before its first capture, finds its
+    parent's pipeline: it must not wait on it (a parent's thread may have held one of its locks
+    at the fork, and that thread does not exist here) nor close anything the parent still
+    uses."""
+    env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": server.url}
+    done = subprocess.run(
+        [sys.executable, "-c", INIT_IN_A_CHILD_FORKED_FROM_C],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    child_line, parent_closed = done.stdout.splitlines()
+    assert child_line != "HUNG"
+    child_id, delivered, closed_in_child = child_line.split()
+    assert delivered == "True"
+    assert closed_in_child == "False"  # the parent's client, as the child saw it
+    assert parent_closed == "False"
+    assert child_id in {event["event_id"] for event in server.events()}
+    assert len(server.events()) == 3
