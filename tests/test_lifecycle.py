@@ -361,6 +361,7 @@ def test_init_in_a_child_forked_from_c_leaves_its_parents_pipeline_alone(server)
     at the fork, and that thread does not exist here) nor close anything the parent still
     uses."""
     env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": server.url}
+    env["FIDDLER_TOKEN"] = "t"
     done = subprocess.run(
         [sys.executable, "-c", INIT_IN_A_CHILD_FORKED_FROM_C],
         env=env,
