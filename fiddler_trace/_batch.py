@@ -23,7 +23,7 @@ from fiddler_trace import _otel, _pipeline
 from fiddler_trace._capture import apply_redact, describe, remember, report
 from fiddler_trace._config import Settings
 from fiddler_trace._event import Event
-from fiddler_trace._ids import LAST, draw, enter_task, leave_task, new_event_id
+from fiddler_trace._ids import LAST, TASK_CODES, draw, enter_task, leave_task, new_event_id
 from fiddler_trace._inputs import CallPlan, Names
 from fiddler_trace._stats import Stats
 
@@ -229,7 +229,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return wrapped(*args, **kwargs)
-        previous = enter_task(None)  # rows get their ids after the call
+        previous = enter_task(None, state[0])  # rows get their ids after the call
         try:
             result = wrapped(*args, **kwargs)
         except Exception:
@@ -245,7 +245,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = enter_task(None)
+        previous = enter_task(None, state[0])
         try:
             result = await wrapped(*args, **kwargs)
         except Exception:
@@ -257,4 +257,5 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         LAST.set(finish(state, result))
         return result
 
+    TASK_CODES.update((call_sync.__code__, run.__code__))  # they mark CURRENT as running
     return run if is_async else call_sync

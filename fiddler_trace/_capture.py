@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -54,8 +53,8 @@ DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]
 def _after_fork_in_child() -> None:
     # Only the forking thread lives on: the updates deferred by other threads' calls would wait
     # for events that are never submitted here.
-    mine = _ids.RUNNING.get(threading.get_ident())
-    for event_id in [key for key in DEFERRED if key != mine]:
+    mine = set(_ids.running_ids())
+    for event_id in [key for key in DEFERRED if key not in mine]:
         DEFERRED.pop(event_id, None)
 
 

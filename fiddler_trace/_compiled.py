@@ -20,7 +20,6 @@ The generated source is :data:`_TEMPLATE` with the blanks filled from the functi
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -33,7 +32,7 @@ from fiddler_trace._capture import (
     remember,
     report,
 )
-from fiddler_trace._ids import LAST, RUNNING, draw, getrandbits, id_text
+from fiddler_trace._ids import LAST, SYNC_CALL_FILE, draw, getrandbits, id_text
 
 __all__ = ["compile_sync_wrapper"]
 
@@ -59,9 +58,8 @@ def call_sync(wrapped, instance, args, kwargs):
         event_id = None
     if event_id is None:  # the host's call must not sit inside our except block
         return wrapped(*args, **kwargs)
-    thread = threading.get_ident()  # looked up per call: gevent patches it to name greenlets
-    outer = running.get(thread)  # a monitored call this one is nested in
-    running[thread] = event_id
+    # While the host's function runs, this frame's `event_id` and `start` say which call is
+    # running: current_event_id() finds them on the stack (_ids.running_id).
     try:
         # Without keywords, a call without the empty mapping skips unpacking it.
         result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
@@ -72,11 +70,6 @@ def call_sync(wrapped, instance, args, kwargs):
         if DEFERRED:
             DEFERRED.pop(event_id, None)
         raise
-    finally:
-        if outer is None:
-            running.pop(thread, None)
-        else:
-            running[thread] = outer
     set_last(event_id)
     try:
         if columns is None:
@@ -191,8 +184,6 @@ def compile_sync_wrapper(
         "submit": _pipeline.submit,
         "draw_bits": getrandbits,
         "draw": draw,
-        "threading": threading,
-        "running": RUNNING,
         "set_last": LAST.set,
         "otel_context": _otel.get_context,
         "add_trace_columns": _otel.add_trace_columns,
@@ -220,7 +211,8 @@ def compile_sync_wrapper(
         "FREE": _FREE,
         "BOUND": _BOUND,
     }
-    exec(compile(source, f"<fiddler_trace monitor of {steps.name}>", "exec"), namespace)
+    # The file name marks the wrapper's frame as a running sync call's (see _ids.running_id).
+    exec(compile(source, f"{SYNC_CALL_FILE}{steps.name}>", "exec"), namespace)
     return namespace["call_sync"]  # type: ignore[no-any-return]
 
 

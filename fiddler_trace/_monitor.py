@@ -40,6 +40,7 @@ from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
     LAST,
     RECENT,
+    TASK_CODES,
     EventId,
     draw,
     enter_task,
@@ -382,7 +383,7 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = enter_task(state[0])
+        previous = enter_task(state[0], state[1])
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
@@ -398,4 +399,5 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         finish(state, result)
         return result
 
+    TASK_CODES.add(run.__code__)  # its frame marks CURRENT as the running call's
     return run  # only called while capture is on; off, wrapt returns the host's coroutine

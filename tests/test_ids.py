@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import os
@@ -93,10 +94,12 @@ def test_nested_monitored_calls_restore_the_outer_current_id():
     assert seen[1] == ("outer", by_model[MODEL], by_model[MODEL])
 
 
-def test_sync_and_async_calls_nested_either_way_each_see_the_innermost_id():
-    """A sync call's id is kept per thread and an async call's per task: whichever began last
-    is current, in both nestings (an async call run by a sync one through asyncio.run, and a
-    sync call made by that async one), and a batch call inside any of them has none."""
+@pytest.mark.parametrize("frozen", [False, True], ids=["clock", "frozen-clock"])
+def test_sync_and_async_calls_nested_either_way_each_see_the_innermost_id(frozen):
+    """A sync call's id is found on the stack and an async call's in its task: whichever began
+    last is current, in both nestings (an async call run by a sync one through asyncio.run, and
+    a sync call made by that async one), and a batch call inside any of them has none; under a
+    frozen clock too, where every call begins at the same time."""
     seen: dict[str, Any] = {}
 
     @monitor(OTHER, batch=True)
@@ -123,7 +126,8 @@ def test_sync_and_async_calls_nested_either_way_each_see_the_innermost_id():
         asyncio.run(middle())
         seen["outer after middle"] = fiddler_trace.current_event_id()
 
-    with testing.capture() as events:
+    clock = freeze_time("2026-11-27 10:00:00") if frozen else contextlib.nullcontext()
+    with clock, testing.capture() as events:
         outer()
     ids = {row["event_id"] for row in events}
     assert len(ids) == 4  # outer, middle, leaf and one batch row
@@ -155,22 +159,55 @@ def test_a_sync_call_of_another_thread_is_not_current_here():
             thread.join(timeout=10)
 
 
-def test_the_current_call_follows_a_patched_thread_ident(monkeypatch):
-    """gevent and eventlet patch threading.get_ident to name the greenlet, possibly after this
-    library was imported: a sync call's current id is then kept per greenlet."""
-    seen = {}
+def test_tasks_a_monitored_coroutine_starts_see_its_id_and_can_update_it():
+    """Tasks started inside a monitored coroutine (gather, create_task, to_thread) run on stacks
+    of their own and inherit its context: its id is current there too, and an update() made
+    there waits for the call's event, as one made in the call itself does."""
+    seen: dict[str, Any] = {}
+
+    def in_a_thread():
+        seen["thread"] = fiddler_trace.current_event_id()
+
+    async def child(name):
+        await asyncio.sleep(0)
+        seen[name] = fiddler_trace.current_event_id()
 
     @monitor(MODEL)
-    def predict():
-        seen["running"] = dict(_ids.RUNNING)
-        seen["current"] = fiddler_trace.current_event_id()
+    async def predict():
+        await asyncio.gather(child("gathered"), asyncio.create_task(child("created")))
+        await asyncio.to_thread(in_a_thread)
+        fiddler_trace.update(seen["created"], {"target": 1})
+        return 1
 
-    monkeypatch.setattr(threading, "get_ident", lambda: -42)  # the greenlet's "ident"
     with testing.capture() as events:
-        predict()
-    assert list(seen["running"]) == [-42]
-    assert seen["current"] == events[0]["event_id"]
-    assert _ids.RUNNING == {}
+        asyncio.run(predict())
+    assert seen == dict.fromkeys(("gathered", "created", "thread"), events[0]["event_id"])
+    assert events.updates == [{"event_id": events[0]["event_id"], "target": 1}]
+
+
+def test_a_task_of_an_async_call_inside_a_sync_one_sees_the_async_call():
+    """A sync monitored function that runs an event loop, an async monitored call inside it,
+    and a task that call starts: the task runs on the loop's stack, which holds the sync call's
+    frame, yet the async call, which began inside the sync one, is the innermost."""
+    seen: dict[str, Any] = {}
+
+    async def child():
+        seen["child"] = fiddler_trace.current_event_id()
+
+    @monitor(OTHER)
+    async def middle():
+        seen["middle"] = fiddler_trace.current_event_id()
+        await asyncio.create_task(child())
+
+    @monitor(MODEL)
+    def outer():
+        seen["outer"] = fiddler_trace.current_event_id()
+        asyncio.run(middle())
+
+    with testing.capture() as events:
+        outer()
+    by_model = dict(zip(events.models, (row["event_id"] for row in events)))
+    assert seen == {"outer": by_model[MODEL], "middle": by_model[OTHER], "child": by_model[OTHER]}
 
 
 def test_ids_are_per_thread():
@@ -272,19 +309,18 @@ def test_a_call_running_in_another_thread_at_a_fork_is_not_current_in_the_child(
         thread = threading.Thread(target=slow)
         thread.start()
         assert inside.wait(timeout=10)
-        assert len(_ids.RUNNING) == 1
 
         def report() -> str:
             from fiddler_trace._capture import DEFERRED
 
-            return f"{len(_ids.RUNNING)} {len(DEFERRED)}"
+            return f"{fiddler_trace.current_event_id()} {len(DEFERRED)}"
 
         try:
             in_child = in_forked_child(report)
         finally:
             release.set()
             thread.join(timeout=10)
-    assert in_child == "0 0"
+    assert in_child == "None 0"
 
 
 # -- timestamps ------------------------------------------------------------------------------
