@@ -23,7 +23,14 @@ from fiddler_trace import _otel, _pipeline
 from fiddler_trace._capture import apply_redact, describe, remember, report
 from fiddler_trace._config import Settings
 from fiddler_trace._event import Event
-from fiddler_trace._ids import LAST, TASK_CODES, draw, enter_task, leave_task, new_event_id
+from fiddler_trace._ids import (
+    LAST,
+    draw,
+    enter_task,
+    leave_task,
+    mark_task_wrapper,
+    new_event_id,
+)
 from fiddler_trace._inputs import CallPlan, Names
 from fiddler_trace._stats import Stats
 
@@ -257,5 +264,6 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         LAST.set(finish(state, result))
         return result
 
-    TASK_CODES.update((call_sync.__code__, run.__code__))  # they mark CURRENT as running
+    mark_task_wrapper(call_sync.__code__)  # they mark CURRENT as running
+    mark_task_wrapper(run.__code__)
     return run if is_async else call_sync

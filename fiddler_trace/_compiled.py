@@ -211,8 +211,9 @@ def compile_sync_wrapper(
         "FREE": _FREE,
         "BOUND": _BOUND,
     }
-    # The file name marks the wrapper's frame as a running sync call's (see _ids.running_id).
-    exec(compile(source, f"{SYNC_CALL_FILE}{steps.name}>", "exec"), namespace)
+    # The file name, this very object, marks the wrapper's frame as a running sync call's (see
+    # _ids.running_id); a traceback shows the monitored function in the next frame.
+    exec(compile(source, SYNC_CALL_FILE, "exec"), namespace)
     return namespace["call_sync"]  # type: ignore[no-any-return]
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "last_event_id",
     "last_event_ids",
     "leave_task",
+    "mark_task_wrapper",
     "new_event_bits",
     "new_event_id",
     "reset",
@@ -116,16 +117,27 @@ def seed(value: Optional[int] = None) -> None:
     seeded_in = os.getpid()
 
 
-#: The file name of every compiled sync wrapper (:mod:`fiddler_trace._compiled`) starts with
-#: this. A sync call cannot be suspended, so the call running now in this thread (or greenlet)
-#: is on the caller's stack: its wrapper's frame holds the call's ``event_id`` and ``start``
-#: as locals, and :func:`running_id` finds them there. The hot path then stores nothing per call
-#: to say which call is running: a per-thread entry set and cleared on every call cost ~1,500
-#: instructions, ~8% of a captured call.
-SYNC_CALL_FILE = "<fiddler_trace monitor of "
+#: The file name of every compiled sync wrapper (:mod:`fiddler_trace._compiled`), this very
+#: string object, which the wrapper's code keeps: the stack walk tests it by identity. A sync call
+#: cannot be suspended, so the call running now in this thread (or greenlet) is on the caller's
+#: stack: its wrapper's frame holds the call's ``event_id`` and ``start`` as locals, and
+#: :func:`running_id` finds them there. The hot path then stores nothing per call to say which
+#: call is running: a per-thread entry set and cleared on every call cost ~1,500 instructions.
+SYNC_CALL_FILE = "<fiddler_trace monitor>"
 #: The code of the async and ``batch=True`` wrappers, which mark the call running in
 #: :data:`CURRENT` (they can be suspended, and the tasks they start run on stacks of their own).
 TASK_CODES: set[CodeType] = set()
+_task_files: tuple[str, ...] = ()  # their files' names: a cheap first test per frame
+
+
+def mark_task_wrapper(code: CodeType) -> None:
+    """Register the code of a wrapper that marks its call in :data:`CURRENT`."""
+    global _task_files
+    TASK_CODES.add(code)
+    if code.co_filename not in _task_files:
+        _task_files = (*_task_files, code.co_filename)
+
+
 #: For async and ``batch=True`` calls: ``(event id or None for a batch call, start time)``, or
 #: None. A context variable: the tasks such a call starts (``create_task``, ``gather``,
 #: ``to_thread``) inherit it.
@@ -161,13 +173,15 @@ def running_id() -> Optional[EventId]:
     call is taken then.
     """
     task = CURRENT.get()
+    sync_file, task_files = SYNC_CALL_FILE, _task_files
     frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if code in TASK_CODES:
+        filename = code.co_filename  # tested by identity first: ~0.1 µs a frame
+        if filename in task_files and code in TASK_CODES:
             if task is not None:
                 return task[0]
-        elif code.co_filename.startswith(SYNC_CALL_FILE):
+        elif filename is sync_file:
             values = frame.f_locals
             event_id = values.get("event_id")
             if event_id is not None:  # None: this call is not captured (its capture failed)
@@ -184,7 +198,7 @@ def running_ids() -> list[EventId]:
     found: list[EventId] = []
     frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_filename.startswith(SYNC_CALL_FILE):
+        if frame.f_code.co_filename is SYNC_CALL_FILE:
             event_id = frame.f_locals.get("event_id")
             if event_id is not None:
                 found.append(event_id)

@@ -40,12 +40,12 @@ from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
     LAST,
     RECENT,
-    TASK_CODES,
     EventId,
     draw,
     enter_task,
     getrandbits,
     leave_task,
+    mark_task_wrapper,
     new_event_id,
 )
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
@@ -399,5 +399,5 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         finish(state, result)
         return result
 
-    TASK_CODES.add(run.__code__)  # its frame marks CURRENT as the running call's
+    mark_task_wrapper(run.__code__)  # its frame marks CURRENT as the running call's
     return run  # only called while capture is on; off, wrapt returns the host's coroutine
