@@ -126,6 +126,9 @@ class BatchBuffer:
     ) -> None:
         self.max_events = max_events
         self.batch_size = batch_size
+        #: Below this depth, and above 0, an event queued neither starts nor fills a batch: the
+        #: hot path appends it without waking the worker.
+        self.fill_at = batch_size - 1
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
         self._encode = encode

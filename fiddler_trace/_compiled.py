@@ -32,7 +32,15 @@ from fiddler_trace._capture import (
     remember,
     report,
 )
-from fiddler_trace._ids import LAST, SYNC_CALL_FILE, draw, getrandbits, id_text
+from fiddler_trace._ids import (
+    ID_POOL,
+    LAST,
+    SYNC_CALL_FILE,
+    draw,
+    getrandbits,
+    id_text,
+    take_id,
+)
 
 __all__ = ["compile_sync_wrapper"]
 
@@ -43,11 +51,11 @@ def call_sync(wrapped, instance, args, kwargs):
     # Only called while capture is on: wrapt tests pipeline.CAPTURING first.
     try:
         settings = pipeline._settings or settings_now()
-        current = pipeline._current
-        if current is None or not current.buffer.queue:
+        lane = pipeline.lane
+        if lane is None or not lane.queue:
             ready()  # a first capture, or a fork that bypassed the hooks: reseed first
         start = time.time()  # looked up per call: freezegun replaces it
-        # The id as 128 random bits: the worker makes them a UUID4 (see _ids).
+        # The id as 128 random bits, drawn ahead: the worker makes them a UUID4 (see _ids).
         event_id = {new_id}
         rate = {rate}
         if rate < 1.0 and draw() >= rate:
@@ -77,23 +85,15 @@ def call_sync(wrapped, instance, args, kwargs):
             next(pipeline.STATS.sampled_out)
         else:
 {columns}
-            if has_metadata:
-                add_metadata(columns)
-            span = add_trace_columns(columns) if otel_context() else None
-            if redact is not None:
-                columns = apply_redact(columns, redact)
-            if settings.redact is not None:
+{metadata}            span = add_trace_columns(columns) if otel_context() else None
+{redact}            if settings.redact is not None:
                 columns = apply_redact(columns, settings.redact)
             item = (model_id, event_id, start, columns, id_column, ts_column)
-            current = pipeline._current
-            if pipeline._sink is None and current is not None and current.running:
-                buffer = current.buffer
-                queue = buffer.queue
+            lane = pipeline.lane  # the running pipeline's buffer; None: a test sink, no thread
+            if lane is not None:
+                queue = lane.queue
                 depth = len(queue)
-                if (
-                    0 < depth < buffer.batch_size - 1
-                    and depth + buffer.outstanding < buffer.max_events
-                ):
+                if 0 < depth < lane.fill_at and depth + lane.outstanding < lane.max_events:
                     queue.append(item)
                 else:
                     submit(item)
@@ -171,10 +171,15 @@ def compile_sync_wrapper(
         else f"            {outputs.replace(chr(10) + '    ', chr(10))}"
     )
     source = _TEMPLATE.format(
-        new_id="draw_bits(128)" if steps.id_from is None else "id_from(args, kwargs)",
+        new_id="(take_id() if id_pool else draw_bits(128))"
+        if steps.id_from is None
+        else "id_from(args, kwargs)",
         rate="settings.sample_rate" if steps.own_rate is None else "own_rate",
         choose_inputs=choose,
         columns=build,
+        # The monitor's own options, known now: the wrapper has only the steps it needs.
+        metadata="            add_metadata(columns)\n" if steps.has_metadata else "",
+        redact="            columns = apply_redact(columns, redact)\n" if steps.redact else "",
     )
     namespace: dict[str, Any] = {
         "time": time,
@@ -183,6 +188,8 @@ def compile_sync_wrapper(
         "ready": _pipeline.ready,
         "submit": _pipeline.submit,
         "draw_bits": getrandbits,
+        "take_id": take_id,
+        "id_pool": ID_POOL,
         "draw": draw,
         "set_last": LAST.set,
         "otel_context": _otel.get_context,
@@ -205,7 +212,6 @@ def compile_sync_wrapper(
         "id_column": steps.id_column,
         "ts_column": steps.ts_column,
         "redact": steps.redact,
-        "has_metadata": steps.has_metadata,
         "add_metadata": steps.add_metadata,
         "sampled_owner": steps.sampled_owner,
         "FREE": _FREE,

@@ -28,6 +28,7 @@ import random
 import sys
 import threading
 import uuid
+from itertools import repeat
 from types import CodeType, FrameType
 from typing import Optional, Union
 
@@ -35,6 +36,7 @@ from fiddler_trace._clock import monotonic
 
 __all__ = [
     "CURRENT",
+    "ID_POOL",
     "KEEP_BITS",
     "LAST",
     "RECENT",
@@ -57,24 +59,42 @@ __all__ = [
     "mark_task_wrapper",
     "new_event_bits",
     "new_event_id",
+    "refill_ids",
     "reset",
     "running_id",
     "running_ids",
     "seed",
+    "take_id",
 ]
 
 #: An event id: its string, or the 128-bit int of a UUID4 this library drew (formatted later).
 EventId = Union[str, int]
 
-_rng = random.Random()
+_rng = random.Random()  # sampling decisions
+_id_rng = random.Random()  # ids: drawn ahead, so the sampling draws' sequence is not disturbed
 #: The pid the random source was seeded in: a child forked without the fork hooks differs.
 seeded_in = os.getpid()
-#: ``getrandbits(128)`` is a new id: the hot path draws it, the worker sets its version bits.
-#: The bound method stays valid across :func:`seed` and the fork hook, which reseed ``_rng`` in
-#: place.
-getrandbits = _rng.getrandbits
+#: ``getrandbits(128)`` is a new id: the worker sets its version bits. The bound methods stay
+#: valid across :func:`seed` and the fork hook, which reseed the sources in place.
+getrandbits = _id_rng.getrandbits
 #: A uniform draw in [0, 1) for sampling decisions.
 draw = _rng.random
+#: Ids drawn ahead (128 random bits each) by the worker between its turns (:func:`refill_ids`),
+#: so that the hot path takes one with ``take_id()``, a list's pop: ~1,000 instructions less on
+#: the caller's thread than ``getrandbits(128)`` (measured), and each id drawn in a C loop. The
+#: hot path draws its own when the pool is empty. Emptied by :func:`seed`, hence in a forked
+#: child before its first id.
+ID_POOL: list[int] = []
+take_id = ID_POOL.pop
+_POOL_SIZE = 2048
+
+
+def refill_ids() -> None:
+    """Top the id pool up once it is half empty (on the worker, ~0.1 ms per 1,000 ids)."""
+    missing = _POOL_SIZE - len(ID_POOL)
+    if missing >= _POOL_SIZE // 2:
+        ID_POOL.extend(map(getrandbits, repeat(128, missing)))
+
 
 # Clear the version nibble and the two variant bits, then set version 4 and variant 10.
 KEEP_BITS = 0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF
@@ -110,10 +130,12 @@ def id_text(event_id: EventId) -> str:
 
 
 def seed(value: Optional[int] = None) -> None:
-    """Reseed the id and sampling source: a fixed ``value`` makes sampling reproducible in tests;
-    None draws a fresh seed from ``os.urandom``."""
+    """Reseed the id and sampling sources and empty the id pool: a fixed ``value`` makes
+    sampling reproducible in tests; None draws fresh seeds from ``os.urandom``."""
     global seeded_in
+    ID_POOL.clear()
     _rng.seed(value)
+    _id_rng.seed(value)
     seeded_in = os.getpid()
 
 

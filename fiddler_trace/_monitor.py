@@ -38,6 +38,7 @@ from fiddler_trace._compiled import compile_sync_wrapper
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
+    ID_POOL,
     LAST,
     RECENT,
     EventId,
@@ -47,6 +48,7 @@ from fiddler_trace._ids import (
     leave_task,
     mark_task_wrapper,
     new_event_id,
+    take_id,
 )
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
 
@@ -304,7 +306,11 @@ class _Steps:
                     _pipeline.ready()  # a first capture, or a fork that bypassed the hooks
                 start = time.time()  # looked up per call: freezegun replaces it
                 # 128 random bits: the worker sets the version bits (see _ids).
-                event_id: EventId = getrandbits(128) if id_from is None else id_from(args, kwargs)
+                event_id: EventId = (
+                    (take_id() if ID_POOL else getrandbits(128))
+                    if id_from is None
+                    else id_from(args, kwargs)
+                )
                 rate = settings.sample_rate if own_rate is None else own_rate
                 if rate < 1.0 and draw() >= rate:
                     return event_id, start, None, settings

@@ -91,7 +91,7 @@ class Pipeline:
             rng=rng,
             spooler=self.spooler,
         )
-        self.running = False
+        self._running = False
         # The counters outlive a pipeline (init() replaces it): start from what they say now.
         self._dropped_at_flush = read_count(self.stats.dropped)
         self._thread: Optional[threading.Thread] = None
@@ -100,6 +100,16 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline(url={self.settings.url!r}, depth={self.buffer.depth()})"
+
+    @property
+    def running(self) -> bool:
+        """Its worker thread is running (or starting)."""
+        return self._running
+
+    @running.setter
+    def running(self, value: bool) -> None:
+        self._running = value
+        _refresh_lane()
 
     def _count_truncated(self, n: int) -> None:
         self.stats.truncated += n
@@ -237,6 +247,10 @@ _settings: Optional[Settings] = None
 _current: Optional[Pipeline] = None
 _sink: Optional[Sink] = None
 _exiting = False
+#: The running pipeline's buffer while no test sink is installed, else None: the hot path
+#: appends to its queue directly (:mod:`fiddler_trace._compiled`) where it would otherwise test
+#: the pipeline, the sink and the thread on every call. Kept by :func:`_refresh_lane`.
+lane: Optional[BatchBuffer] = None
 #: The process's counters; capture code bumps the hot ones (``next(STATS.captured)``).
 STATS = Stats()
 _transport: Optional[httpx.BaseTransport] = None  # tests only
@@ -302,7 +316,20 @@ def configure(**overrides: Any) -> Settings:
 def _replace_pipeline(new: Optional[Pipeline]) -> Optional[Pipeline]:
     global _current
     old, _current = _current, new
+    _refresh_lane()
     return old
+
+
+def _refresh_lane() -> None:
+    """Recompute :data:`lane` after the pipeline, the sink or the pipeline's thread changed.
+
+    Under the lock, from the state as it is then: of two threads changing it at once (a worker
+    ending while ``init()`` replaces its pipeline), the later recomputation sees both changes.
+    """
+    global lane
+    with _lock:
+        current = _current
+        lane = current.buffer if _sink is None and current is not None and current.running else None
 
 
 def current() -> Optional[Pipeline]:
@@ -324,6 +351,7 @@ def _start() -> Optional[Pipeline]:
         if _exiting or not active.enabled:
             return None
         _current = Pipeline(active, stats=STATS, transport=_transport)
+        _refresh_lane()
         _report_stale(stale)  # after the pipeline is made, so that its next flush() reports it
         return _current
 
@@ -431,6 +459,7 @@ def install_sink(sink: Optional[Sink]) -> Optional[Sink]:
     global _sink
     with _lock:
         old, _sink = _sink, sink
+        _refresh_lane()
         _set_capturing(sink is not None or (_settings is not None and _settings.enabled))
     return old
 

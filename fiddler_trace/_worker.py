@@ -18,6 +18,7 @@ from fiddler_trace._buffer import BatchBuffer
 from fiddler_trace._clock import Clock
 from fiddler_trace._encoded import POST, Batch
 from fiddler_trace._errors import FiddlerAPIError
+from fiddler_trace._ids import refill_ids
 from fiddler_trace._retry import Outcome
 from fiddler_trace._spooler import ReplayMark, Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -132,6 +133,7 @@ class BatchWorker:
         is due (0 for at once, None when idle)."""
         buffer = self.buffer
         now = self.clock()
+        refill_ids()  # the ids the caller's thread takes, drawn here
         for model_id, event_id, method, seq, reason in buffer.drain(now):
             self._refuse(model_id, event_id, method, seq, reason)
         buffer.seal_due(now, force=self._force or self.stopping)
