@@ -17,6 +17,7 @@ from freezegun import freeze_time
 
 import fiddler_trace
 from fiddler_trace import _ids, monitor, testing
+from fiddler_trace.collector import Collector
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
 OTHER = "0b5e3b62-2222-4333-8444-555566667777"
@@ -282,6 +283,41 @@ def in_forked_child(report: Callable[[], str]) -> str:
     os.close(read)
     assert os.WEXITSTATUS(status) == 0
     return text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_the_hot_path_takes_ids_drawn_ahead_and_a_forked_child_none_of_its_parents():
+    """A captured call takes its id from the ids the worker drew ahead; a forked child starts
+    with none of them (they are its parent's), and seed() empties them too."""
+    drawn, pool = _ids.new_event_bits(), _ids.ID_POOL
+    with testing.capture() as events:
+        pool.append(drawn)
+        plain(1)
+        pool.append(drawn)
+        in_child = in_forked_child(lambda: f"{len(pool)} {plain(2) and 0}")
+    assert events[0]["event_id"] == _ids.format_event_id(drawn)
+    assert in_child == "0 0"
+    assert pool == [drawn]  # the parent's is still there
+    _ids.seed(7)
+    assert pool == []
+
+
+def test_the_worker_keeps_ids_drawn_ahead():
+    """The worker tops the pool of ids up between its turns; those ids are UUID4s when sent."""
+    _ids.ID_POOL.clear()
+    with Collector(port=0) as collector:
+        fiddler_trace.init(enabled=True, url=collector.url, token="t")
+        plain(1)  # starts the worker
+        assert fiddler_trace.flush(10)
+        assert len(_ids.ID_POOL) >= 1024
+        taken = _ids.ID_POOL[-1]
+        plain(2)
+        assert fiddler_trace.last_event_id() == _ids.format_event_id(taken)
+        assert fiddler_trace.flush(10)
+        stored = [row["event_id"] for row in collector.events(MODEL)]
+        fiddler_trace.shutdown()
+    assert stored[-1] == _ids.format_event_id(taken)
+    assert uuid.UUID(stored[-1]).version == 4
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -63,6 +63,32 @@ def test_nothing_starts_until_the_first_event(server):
     assert _pipeline.flush(10)
 
 
+def test_the_hot_paths_lane_is_the_running_pipelines_buffer_and_only_that(server):
+    """Captured calls append straight to ``_pipeline.lane``: it must be the running pipeline's
+    buffer, and None while a test sink is installed, before the first event and after
+    ``shutdown()`` or ``init()``, so that no event lands in a queue no thread drains."""
+    _pipeline.configure(enabled=True, url=server.url, token="t")
+    assert _pipeline.lane is None
+    assert _pipeline.submit(event(1))
+    first = _pipeline.current()
+    assert first is not None
+    assert _pipeline.lane is first.buffer
+    previous = _pipeline.install_sink(lambda item: True)
+    assert _pipeline.lane is None
+    _pipeline.install_sink(previous)
+    assert _pipeline.lane is first.buffer
+    _pipeline.configure(enabled=True, url=server.url, token="t")  # init(): a new pipeline
+    assert _pipeline.lane is None
+    assert not first.running
+    assert _pipeline.submit(event(2))
+    second = _pipeline.current()
+    assert second is not None
+    assert _pipeline.lane is second.buffer
+    _pipeline.shutdown(10)
+    assert _pipeline.lane is None
+    assert sorted(e["x"] for e in server.events()) == [1, 2]
+
+
 def test_disabled_submit_sends_nothing(server):
     """With the library off, submit keeps nothing and starts nothing."""
     _pipeline.configure(enabled=False)
