@@ -1,7 +1,7 @@
 """Instructions per event on each thread, counted by valgrind's callgrind: the figures of
 ``docs/performance.md`` that do not move with the machine's load or the vCPU a run lands on.
 
-    python benchmarks/instructions.py [monitor|floor|bare ...]   # needs valgrind; ~1 min each
+    python benchmarks/instructions.py [monitor|producer|floor|bare ...]  # valgrind; ~1 min each
 
 Each workload calls hotpath.py's ``predict`` in a loop, events going to its loopback sink (a
 subprocess, not counted), and runs twice under callgrind, for 20,000 and 60,000 calls; the
@@ -9,6 +9,13 @@ difference of each thread's total over the 40,000 extra calls is its cost per ca
 start-up and shutdown:
 
 - ``monitor``: ``@monitor`` with capture on (thread 1: the caller's; thread 2: the worker);
+- ``producer``: the caller's thread of ``monitor`` alone, repeatable to the instruction: the
+  worker is stopped after the warm-up, the events stay queued, and the two threads' handover
+  is left out (under valgrind, which runs one thread at a time, how often the caller's thread
+  finds the queue empty or the pool of ids drawn ahead empty, or waits for the interpreter
+  lock, depends on the machine's load: ``monitor``'s thread 1 moves by ~2,000 instructions
+  from run to run). The queue's batch size is raised so that every call takes the path of a
+  call in the middle of a batch; ids come from the pool; the garbage collector is off;
 - ``floor``: ``floor.py``'s minimal capture (thread 2: its worker);
 - ``bare``: the function alone.
 """
@@ -43,6 +50,24 @@ def child(workload: str, calls: int) -> None:
         fiddler_trace.init(enabled=True, url=url, token="bench", flush_interval=3600.0)
         func = fiddler_trace.monitor(hotpath.MODEL)(hotpath.predict)
         flush = fiddler_trace.flush
+    elif workload == "producer":
+        import gc
+
+        import fiddler_trace
+        from fiddler_trace import _ids, _pipeline
+
+        fiddler_trace.init(enabled=True, url=url, token="bench", max_queue_size=10**7)
+        func = fiddler_trace.monitor(hotpath.MODEL)(hotpath.predict)
+        func(41, 72000.0, "EU", 3, "gold")  # starts the pipeline
+        running = _pipeline.current()
+        assert running is not None and running._thread is not None
+        running.worker.stopping = True  # the worker ends; the queue and the lane stay
+        running.wake.set()
+        running._thread.join()
+        running.running = True
+        running.buffer.fill_at = running.buffer.batch_size = 10**9
+        _ids.ID_POOL.extend(repeat(_ids.getrandbits(128), 2_000 + calls + 1))
+        gc.disable()
     elif workload == "floor":
         from floor import MinimalPipeline
 
