@@ -60,7 +60,8 @@ def child(workload: str, calls: int) -> None:
         func = fiddler_trace.monitor(hotpath.MODEL)(hotpath.predict)
         func(41, 72000.0, "EU", 3, "gold")  # starts the pipeline
         running = _pipeline.current()
-        assert running is not None and running._thread is not None
+        assert running is not None
+        assert running._thread is not None
         running.worker.stopping = True  # the worker ends; the queue and the lane stay
         running.wake.set()
         running._thread.join()
