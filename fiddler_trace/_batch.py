@@ -220,7 +220,6 @@ class _BatchSteps:
                 continue
             _pipeline.submit(Event(model_id, event_id, start, columns, id_column, ts_column))
             kept.append(event_id)
-        Stats.add(stats.captured, len(kept))
         if span is not None and kept:
             _otel.tag(span, kept)
         return tuple(ids)

@@ -31,6 +31,7 @@ from uuid import UUID
 from fiddler_trace._encoded import PATCH, POST, Batch, find_ends
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, id_bits, id_text
+from fiddler_trace._stats import Stats
 
 __all__ = ["BatchBuffer", "Item", "Refusal", "remember_publish"]
 
@@ -109,6 +110,8 @@ class BatchBuffer:
             of rows are encoded with that.
         wake: set (cheaply, rarely) when a producer should wake the worker.
         dropped: the counter of events refused because the buffer was full.
+        captured: the counter of publishes captured: this buffer counts those it drops and
+            those the worker takes; :meth:`counted` tells those still queued.
         failed_id_memory: how many failed event ids are remembered to drop their updates.
     """
 
@@ -122,6 +125,7 @@ class BatchBuffer:
         encode: Encoder,
         wake: threading.Event,
         dropped: itertools.count,  # type: ignore[type-arg]
+        captured: Optional[itertools.count] = None,  # type: ignore[type-arg]
         failed_id_memory: int = 100_000,
     ) -> None:
         self.max_events = max_events
@@ -136,6 +140,7 @@ class BatchBuffer:
         self._encode_joined: JoinedEncoder = joined if joined is not None else self._encode_each
         self._wake = wake
         self._dropped = dropped
+        self._captured = itertools.count() if captured is None else captured
         self.queue: collections.deque[Item] = collections.deque()
         self.outstanding = 0  # drained but not yet resolved; written by the worker only
         self.drained = 0  # next sequence number
@@ -162,10 +167,12 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
-            if remember_publish(item) and len(self.dropped_ids) < self.max_events:
-                # A later update of this event is dropped too, not sent for an event the server
-                # never got. A dict set is atomic; the worker moves these on.
-                self.dropped_ids[hash((item[0], id_text(item[1])))] = True  # type: ignore[index]
+            if remember_publish(item):
+                next(self._captured)
+                if len(self.dropped_ids) < self.max_events:
+                    # A later update of this event is dropped too, not sent for an event the
+                    # server never got. A dict set is atomic; the worker moves these on.
+                    self.dropped_ids[hash((item[0], id_text(item[1])))] = True  # type: ignore[index]
             return False
         queue.append(item)
         depth = len(queue)
@@ -177,6 +184,15 @@ class BatchBuffer:
     def depth(self) -> int:
         """Events held: queued plus drained and unresolved."""
         return len(self.queue) + self.outstanding
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[int]:
+        """Hold the queue still (the drain lock) and give the number of publishes in it: with
+        the captured counter read inside, every publish is counted once, by the worker when it
+        took it or here while it is queued. For ``stats()``; O(queue)."""
+        with self._drain_lock:
+            queued = list(self.queue)
+            yield sum(1 for item in queued if type(item) is tuple or not isinstance(item, Update))
 
     def flush_mark(self) -> int:
         """The sequence number the next item queued will get: a flush now waits for every
@@ -213,10 +229,13 @@ class BatchBuffer:
         try:
             with self._drain_lock:  # not while the worker moves an item it will remember
                 self.forgot = True
+                # Counted below as captured: stats() no longer sees this queue. (A worker stuck
+                # in a request ends its loop when the request returns, without draining more.)
                 queued_now = list(self.queue)
                 unsent = [b for b in tuple(self.open) if b.method == POST]
             for item in queued_now:
-                remember_publish(item, lost=True)
+                if remember_publish(item, lost=True):
+                    next(self._captured)
             for batch in unsent:
                 self._remember_batch(batch, None)
         except Exception:  # the updates of those events then raise, as for an unknown id
@@ -268,6 +287,9 @@ class BatchBuffer:
         run_first = room = 0
         rows: list[dict[str, Any]] = []
         ids: Optional[list[str]] = None
+        # Publishes are counted as captured here, once a run, before the lock is let go: a
+        # stats() reading under it then finds each one counted or still queued.
+        updates = counted = 0
         try:
             # The items queued now, popped from C (a starmap), then those queued meanwhile.
             while queue:
@@ -308,6 +330,7 @@ class BatchBuffer:
                         remembered[event_id] = run_owner
                         method, column, event_ids = POST, id_column, None
                     else:
+                        updates += 1
                         row = update_row(item)
                         model_id = item.model_id
                         if room and run_method is PATCH and model_id == run_model:
@@ -319,6 +342,7 @@ class BatchBuffer:
                     # A new run starts with this item: add the one before.
                     if rows:
                         self.drained = first + self.outstanding - base
+                        counted = self._count(self.outstanding - base - updates, counted)
                         added += self._add_run_unlocked(
                             run_method, run_model, run_column, rows, ids, run_first, now, refused
                         )
@@ -330,6 +354,7 @@ class BatchBuffer:
                     room = batch_size - 1 - (batch.size if batch is not None else 0)
             if rows:
                 self.drained = first + self.outstanding - base
+                counted = self._count(self.outstanding - base - updates, counted)
                 added += self._add_run_unlocked(
                     run_method, run_model, run_column, rows, ids, run_first, now, refused
                 )
@@ -340,6 +365,7 @@ class BatchBuffer:
             if rows:
                 with contextlib.suppress(Exception):
                     self.drained = first + self.outstanding - base
+                    counted = self._count(self.outstanding - base - updates, counted)
                     added += self._add_run_unlocked(
                         run_method, run_model, run_column, rows, ids, run_first, now, refused
                     )
@@ -347,9 +373,16 @@ class BatchBuffer:
         finally:
             self._stamp, self._stamp_from, self._stamp_to = stamp, stamp_from, stamp_to
             taken = self.outstanding - base
+            self._count(taken - updates, counted)
             self.drained = first + taken
             # Refused items, and items lost to an error, are not held.
             self.outstanding -= taken - added
+
+    def _count(self, taken: int, counted: int) -> int:
+        """Count as captured the publishes taken in this pass (``taken``) beyond the ``counted``
+        ones; returns the new count."""
+        Stats.add(self._captured, taken - counted)
+        return taken
 
     def _add_run_unlocked(self, *args: Any) -> int:
         """:meth:`_add_run` with the drain lock released: encoding may run the host's code."""

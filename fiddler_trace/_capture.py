@@ -224,6 +224,5 @@ def deliver(
     if settings.redact is not None:
         columns = apply_redact(columns, settings.redact)
     _pipeline.submit((model_id, event_id, timestamp, columns, id_column, ts_column))
-    next(_pipeline.STATS.captured)
     if span is not None:
         _otel.tag(span, id_text(event_id))

@@ -99,7 +99,6 @@ def call_sync(wrapped, instance, args, kwargs):
                     submit(item)
             else:
                 submit(item)
-            next(pipeline.STATS.captured)
             if span is not None:
                 tag(span, id_text(event_id))
         if DEFERRED:  # an update() of this event made during the call

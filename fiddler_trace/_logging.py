@@ -234,7 +234,6 @@ class FiddlerHandler(logging.Handler):
                 for name in names:
                     columns.pop(name, None)
             _pipeline.submit((model_id, event_id, attrs["created"], columns, id_column, ts_column))
-            next(_pipeline.STATS.captured)
         except Exception as error:
             self._report(record, error)
         return True
@@ -304,7 +303,6 @@ class FiddlerHandler(logging.Handler):
             _pipeline.submit(
                 (model_id, event_id, record.created, columns, id_column, self.timestamp_column)
             )
-            next(_pipeline.STATS.captured)
             if span is not None:
                 _otel.tag(span, id_text(event_id))
         finally:

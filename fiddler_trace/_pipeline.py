@@ -79,6 +79,7 @@ class Pipeline:
             encode=Encoder(settings.max_value_chars, on_truncate=self._count_truncated),
             wake=self.wake,
             dropped=self.stats.dropped,
+            captured=self.stats.captured,
         )
         self.spooler = _make_spooler(settings, self.stats)
         self.worker = BatchWorker(
@@ -221,7 +222,10 @@ class Pipeline:
         return self.buffer.depth()
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot(self.buffer.depth())
+        """The counters; under the drain lock, so that each publish is counted by the worker
+        (which took it) or as still queued."""
+        with self.buffer.counted() as queued:
+            return self.stats.snapshot(self.buffer.depth(), queued)
 
 
 def _make_spooler(settings: Settings, stats: Stats) -> Optional[Spooler]:
@@ -408,7 +412,8 @@ def submit(item: Item) -> bool:
     """
     sink = _sink
     if sink is not None:
-        remember_publish(item)
+        if remember_publish(item):
+            next(STATS.captured)
         return sink(item)
     pipeline = _current
     if pipeline is None or not pipeline.running:
@@ -444,13 +449,15 @@ def _submit_slowly(item: Item) -> bool:
         if pipeline is None:
             if _exiting:
                 next(STATS.dropped)  # captured after the exit flush: lost, and said so
-            remember_publish(item)  # so that its update() is a silent no-op
+            if remember_publish(item):  # so that its update() is a silent no-op
+                next(STATS.captured)
             return False
     try:
         return pipeline.enqueue(item)
     except RuntimeError:  # "can't start new thread"
         next(STATS.dropped)
-        remember_publish(item)
+        if remember_publish(item):
+            next(STATS.captured)
         return False
 
 
@@ -495,7 +502,7 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 def stats() -> dict[str, Any]:
     """See :func:`fiddler_trace.stats`."""
     pipeline = current()
-    return STATS.snapshot(pipeline.buffer.depth() if pipeline is not None else 0)
+    return STATS.snapshot(0) if pipeline is None else pipeline.snapshot()
 
 
 def reset() -> None:

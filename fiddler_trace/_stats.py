@@ -7,6 +7,7 @@ worker's own counters are plain ints, written by that one thread only.
 
 from __future__ import annotations
 
+import collections
 import itertools
 from typing import Any, Optional
 
@@ -34,6 +35,10 @@ class Stats:
     """All counters of one pipeline, in events (not requests)."""
 
     def __init__(self) -> None:
+        # Publishes handed to a pipeline or the test sink. Counted where an event ends up, not
+        # on the caller's thread: the worker counts those it takes off the queue, stats() adds
+        # those still queued, submit() and the buffer the others (test sink, buffer full, no
+        # pipeline), and a replaced pipeline those it never took.
         self.captured = itertools.count()
         self.dropped = itertools.count()
         self.errors = itertools.count()
@@ -53,13 +58,15 @@ class Stats:
 
     @staticmethod
     def add(counter: itertools.count, n: int) -> None:  # type: ignore[type-arg]
-        """Advance a hot counter by ``n``."""
-        for _ in range(n):
-            next(counter)
+        """Advance a hot counter by ``n`` (in one C loop)."""
+        if n > 0:
+            collections.deque(itertools.islice(counter, n), maxlen=0)
 
-    def snapshot(self, queue_depth: int) -> dict[str, Any]:
-        """The counters as a plain dict, for ``stats()``."""
+    def snapshot(self, queue_depth: int, queued_publishes: int = 0) -> dict[str, Any]:
+        """The counters as a plain dict, for ``stats()``; ``queued_publishes``: the publishes
+        in the queue, captured and not counted yet (see :attr:`captured`)."""
         out: dict[str, Any] = {name: read_count(getattr(self, name)) for name in HOT_COUNTERS}
+        out["captured"] += queued_publishes
         out.update({name: getattr(self, name) for name in WORKER_COUNTERS})
         out["queue_depth"] = queue_depth
         out["last_error"] = self.last_error

@@ -488,6 +488,34 @@ def test_an_update_of_an_event_still_queued_finds_its_model():
     assert [r.method for r in answered[posted + 1 :]] == ["PATCH"]
 
 
+def test_captured_counts_each_event_once_wherever_it_is():
+    """stats()["captured"] counts each captured event once: in a request (counted by the worker
+    as it took it), still queued (counted by stats()), in the queue of a pipeline init()
+    replaced, dropped by a full buffer, and delivered, over HTTP."""
+    with fault_server() as stuck, fault_server() as server:
+        _one_event_stuck_in_the_queue(stuck)
+        predict(3)
+        assert fiddler_trace.stats()["captured"] == 3  # one in the request, two queued
+        fiddler_trace.init(
+            enabled=True,
+            url=server.url,
+            token="t",
+            exit_timeout=0.1,
+            max_queue_size=2,
+            flush_interval=60,  # the two it holds stay held while the next two come
+        )
+        assert fiddler_trace.stats()["captured"] == 3  # the replaced pipeline's, given up on
+        for x in range(4, 8):
+            predict(x)
+        stats = fiddler_trace.stats()
+        assert (stats["captured"], stats["dropped"]) == (7, 2)  # the new pipeline held two
+        fiddler_trace.flush(10)
+        stuck.release()
+        stats = fiddler_trace.stats()
+    assert (stats["captured"], stats["sent"]) == (7, 2)
+    assert len(server.events()) == 2
+
+
 def test_an_update_of_an_event_lost_with_a_replaced_pipeline_is_dropped_silently():
     """init() replaces a pipeline that gave up on two events, one in a request that hangs, one
     still queued: neither is sent, so their update() (no model_id) is dropped, as for a
