@@ -235,7 +235,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return wrapped(*args, **kwargs)
-        previous = enter_task(None, state[0])  # rows get their ids after the call
+        previous = enter_task(None)  # rows get their ids after the call
         try:
             result = wrapped(*args, **kwargs)
         except Exception:
@@ -251,7 +251,7 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = enter_task(None, state[0])
+        previous = enter_task(None)
         try:
             result = await wrapped(*args, **kwargs)
         except Exception:

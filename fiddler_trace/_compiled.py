@@ -55,8 +55,7 @@ def call_sync(wrapped, instance, args, kwargs):
         if lane is None or not lane.queue:
             ready()  # a first capture, or a fork that bypassed the hooks: reseed first
         start = time.time()  # looked up per call: freezegun replaces it
-        # The id as 128 random bits, drawn ahead: the worker makes them a UUID4 (see _ids).
-        event_id = {new_id}
+{new_id}
         rate = {rate}
         if rate < 1.0 and draw() >= rate:
             columns = None
@@ -170,15 +169,17 @@ def compile_sync_wrapper(
         else f"            {outputs.replace(chr(10) + '    ', chr(10))}"
     )
     source = _TEMPLATE.format(
-        new_id="(take_id() if id_pool else draw_bits(128))"
-        if steps.id_from is None
-        else "id_from(args, kwargs)",
+        new_id=_DRAWN_ID if steps.id_from is None else "        event_id = id_from(args, kwargs)",
         rate="settings.sample_rate" if steps.own_rate is None else "own_rate",
         choose_inputs=choose,
         columns=build,
         # The monitor's own options, known now: the wrapper has only the steps it needs.
         metadata="            add_metadata(columns)\n" if steps.has_metadata else "",
-        redact="            columns = apply_redact(columns, redact)\n" if steps.redact else "",
+        redact=(
+            "            columns = apply_redact(columns, redact)\n"
+            if steps.redact is not None  # not its truth: a redactor may define __len__
+            else ""
+        ),
     )
     namespace: dict[str, Any] = {
         "time": time,
@@ -219,8 +220,25 @@ def compile_sync_wrapper(
     # The file name, this very object, marks the wrapper's frame as a running sync call's (see
     # _ids.running_id); a traceback shows the monitored function in the next frame.
     exec(compile(source, SYNC_CALL_FILE, "exec"), namespace)
-    return namespace["call_sync"]  # type: ignore[no-any-return]
+    wrapper = namespace["call_sync"]
+    # Named after the monitor ("monitor:predict"), so that profilers and tracebacks tell the
+    # wrappers of different functions apart.
+    code_names: dict[str, str] = {"co_name": steps.kind}
+    if hasattr(wrapper.__code__, "co_qualname"):  # Python 3.11+
+        code_names["co_qualname"] = steps.kind
+    wrapper.__code__ = wrapper.__code__.replace(**code_names)
+    return wrapper  # type: ignore[no-any-return]
 
+
+#: The id of a call, 128 random bits the worker drew ahead (it makes them a UUID4, see _ids).
+_DRAWN_ID = """\
+        if id_pool:
+            try:
+                event_id = take_id()
+            except IndexError:  # another thread took the last one between the test and the pop
+                event_id = draw_bits(128)
+        else:
+            event_id = draw_bits(128)"""
 
 #: Markers for "columns to build after the call": of a call of the function itself, of a call
 #: through an instance or class.

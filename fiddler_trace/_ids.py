@@ -30,7 +30,7 @@ import threading
 import uuid
 from itertools import repeat
 from types import CodeType, FrameType
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 from fiddler_trace._clock import monotonic
 
@@ -45,9 +45,11 @@ __all__ = [
     "V4_BITS",
     "EventId",
     "RecentIds",
+    "TaskCall",
     "after_fork",
     "current_event_id",
     "draw",
+    "draw_id",
     "enter_task",
     "format_event_id",
     "getrandbits",
@@ -87,6 +89,14 @@ draw = _rng.random
 ID_POOL: list[int] = []
 take_id = ID_POOL.pop
 _POOL_SIZE = 8192
+
+
+def draw_id() -> int:
+    """A new id's 128 random bits: one drawn ahead if there is one."""
+    try:
+        return take_id()
+    except IndexError:  # none left (the hot path tests the pool first, then pops like this)
+        return getrandbits(128)
 
 
 def refill_ids() -> None:
@@ -136,7 +146,7 @@ def seed(value: Optional[int] = None) -> None:
     global seeded_in
     ID_POOL.clear()
     _rng.seed(value)
-    _id_rng.seed(value)
+    _id_rng.seed(None if value is None else ~value)  # not the sampling draws' sequence
     seeded_in = os.getpid()
 
 
@@ -161,10 +171,27 @@ def mark_task_wrapper(code: CodeType) -> None:
         _task_files = (*_task_files, code.co_filename)
 
 
-#: For async and ``batch=True`` calls: ``(event id or None for a batch call, start time)``, or
-#: None. A context variable: the tasks such a call starts (``create_task``, ``gather``,
-#: ``to_thread``) inherit it.
-CURRENT: contextvars.ContextVar[Optional[tuple[Optional[EventId], float]]] = contextvars.ContextVar(
+class TaskCall:
+    """An async or ``batch=True`` call, marked running in its context (:data:`CURRENT`)."""
+
+    __slots__ = ("done", "event_id", "outer", "within")
+
+    def __init__(
+        self, event_id: Optional[EventId], within: Optional[EventId], outer: Optional[TaskCall]
+    ) -> None:
+        self.event_id = event_id  # None for a batch call: its rows get their ids afterwards
+        #: The id of the innermost sync call running on the stack when this call began, if any:
+        #: this call is inside that one.
+        self.within = within
+        self.outer = outer  # the task call running in this context when this one began
+        #: The call has returned. A task it started may run on, with this entry in its context.
+        self.done = False
+
+
+#: For async and ``batch=True`` calls, which can be suspended: the innermost one running in this
+#: context. A context variable: the tasks such a call starts (``create_task``, ``gather``,
+#: ``to_thread``) inherit it, and skip it once the call is done.
+CURRENT: contextvars.ContextVar[Optional[TaskCall]] = contextvars.ContextVar(
     "fiddler_trace_current_event_id", default=None
 )
 #: The id of the last finished monitored call in this context, or a tuple for a batch call.
@@ -188,36 +215,41 @@ def running_id() -> Optional[EventId]:
     """The id of the innermost monitored call running in this thread or task (None in a
     ``batch=True`` call).
 
-    Walks the caller's stack up to the first monitored call's wrapper: a sync call's holds its
-    id; an async or batch call's means :data:`CURRENT` is the innermost. A sync call found first
-    may still be the outer one, when the task call was started inside it and this code runs in
-    a task that call started (an event loop run by a sync monitored function): the call that
-    began later is the inner one. Under a frozen clock the two began at the same time; the sync
-    call is taken then.
+    Walks the caller's stack up to the first monitored call's wrapper: a sync call's frame holds
+    its id; an async or batch call's means :data:`CURRENT` is the innermost. A sync call found
+    first may still be the outer one: code in a task that an async call started, the async call
+    itself started inside that sync call (an event loop run by a sync monitored function), runs
+    on the loop's stack, below which the sync call's frame lies; the task call then says it
+    began within that sync call.
     """
-    task = CURRENT.get()
+    task = _running_task()
     sync_file, task_files = SYNC_CALL_FILE, _task_files
     frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         filename = code.co_filename  # tested by identity first: ~0.1 µs a frame
         if filename in task_files and code in TASK_CODES:
-            if task is not None:
-                return task[0]
+            if task is not None and frame.f_locals.get("state") is not None:  # None: uncaptured
+                return task.event_id
         elif filename is sync_file:
-            values = frame.f_locals
-            event_id = values.get("event_id")
+            event_id = frame.f_locals.get("event_id")
             if event_id is not None:  # None: this call is not captured (its capture failed)
-                if task is not None and task[1] > values["start"]:
-                    return task[0]
+                if task is not None and task.within is event_id:
+                    return task.event_id
                 return event_id  # type: ignore[no-any-return]
         frame = frame.f_back
-    return None if task is None else task[0]
+    return None if task is None else task.event_id
+
+
+def _running_task() -> Optional[TaskCall]:
+    task = CURRENT.get()
+    while task is not None and task.done:  # a task that outlived the call that started it
+        task = task.outer
+    return task
 
 
 def running_ids() -> list[EventId]:
-    """The ids of every monitored call running in this thread or task, innermost first (for
-    the fork hook)."""
+    """The ids of every monitored call running in this thread or task (for the fork hook)."""
     found: list[EventId] = []
     frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None:
@@ -226,24 +258,46 @@ def running_ids() -> list[EventId]:
             if event_id is not None:
                 found.append(event_id)
         frame = frame.f_back
-    task = CURRENT.get()
-    if task is not None and task[0] is not None:
-        found.append(task[0])
+    task = _running_task()
+    while task is not None:
+        if task.event_id is not None and not task.done:
+            found.append(task.event_id)
+        task = task.outer
     return found
 
 
-def enter_task(event_id: Optional[EventId], start: float) -> object:
-    """Mark an async or ``batch=True`` call that began at ``start`` as running in this context;
-    returns what :func:`leave_task` restores."""
+def enter_task(event_id: Optional[EventId]) -> object:
+    """Mark an async or ``batch=True`` call as running in this context; returns what
+    :func:`leave_task` takes. Called by the call's wrapper, whose caller's stack it walks for
+    the innermost sync call this one began in (~0.1 µs a frame, once per call)."""
     previous = CURRENT.get()
-    CURRENT.set((event_id, start))
-    return previous
+    outer = _running_task()
+    within: Optional[EventId] = None
+    sync_file, task_files = SYNC_CALL_FILE, _task_files
+    frame: Optional[FrameType] = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        filename = code.co_filename
+        if filename in task_files and code in TASK_CODES:
+            if outer is not None and frame.f_locals.get("state") is not None:
+                within = outer.within  # no sync call between that one and this one
+                break
+        elif filename is sync_file:
+            within = frame.f_locals.get("event_id")
+            if within is not None:
+                break
+        frame = frame.f_back
+    entry = TaskCall(event_id, within, outer)
+    CURRENT.set(entry)
+    return entry, previous
 
 
-def leave_task(previous: object) -> None:
-    """Undo :func:`enter_task` (by value, not by token: a coroutine may be driven from more than
-    one context)."""
-    CURRENT.set(previous)  # type: ignore[arg-type]
+def leave_task(entered: object) -> None:
+    """Undo :func:`enter_task`: the call is done, also for the tasks it started (by value, not
+    by token: a coroutine may be driven from more than one context)."""
+    entry, previous = cast("tuple[TaskCall, Optional[TaskCall]]", entered)
+    entry.done = True
+    CURRENT.set(previous)
 
 
 def last_event_id() -> Optional[str]:

@@ -30,7 +30,7 @@ from fiddler_trace._capture import (
     report,
 )
 from fiddler_trace._config import Settings
-from fiddler_trace._ids import ID_POOL, EventId, draw, getrandbits, id_text, take_id
+from fiddler_trace._ids import EventId, draw, draw_id, id_text
 from fiddler_trace._worker import THREAD_NAME
 
 __all__ = ["MODEL_ID_FIELD", "FiddlerHandler"]
@@ -226,7 +226,7 @@ class FiddlerHandler(logging.Handler):
                 if _pipeline._current is None:
                     _pipeline.ready()  # a child forked without the fork hooks reseeds first
                 # 128 random bits: the worker makes them a UUID4 and remembers it (see _ids).
-                event_id: EventId = take_id() if ID_POOL else getrandbits(128)
+                event_id: EventId = draw_id()
             else:
                 event_id = given
             columns = fields.copy()  # the event's own: the worker completes it into the row
@@ -292,7 +292,7 @@ class FiddlerHandler(logging.Handler):
             if given is None:
                 if _pipeline._current is None:
                     _pipeline.ready()
-                event_id: EventId = take_id() if ID_POOL else getrandbits(128)
+                event_id: EventId = draw_id()
             else:
                 event_id = str(given)
             span = _otel.add_trace_columns(columns) if _otel_context() else None

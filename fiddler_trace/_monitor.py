@@ -38,17 +38,15 @@ from fiddler_trace._compiled import compile_sync_wrapper
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
-    ID_POOL,
     LAST,
     RECENT,
     EventId,
     draw,
+    draw_id,
     enter_task,
-    getrandbits,
     leave_task,
     mark_task_wrapper,
     new_event_id,
-    take_id,
 )
 from fiddler_trace._inputs import CallPlan, Names, check_names, output_adder
 
@@ -306,11 +304,7 @@ class _Steps:
                     _pipeline.ready()  # a first capture, or a fork that bypassed the hooks
                 start = time.time()  # looked up per call: freezegun replaces it
                 # 128 random bits: the worker sets the version bits (see _ids).
-                event_id: EventId = (
-                    (take_id() if ID_POOL else getrandbits(128))
-                    if id_from is None
-                    else id_from(args, kwargs)
-                )
+                event_id: EventId = draw_id() if id_from is None else id_from(args, kwargs)
                 rate = settings.sample_rate if own_rate is None else own_rate
                 if rate < 1.0 and draw() >= rate:
                     return event_id, start, None, settings
@@ -389,7 +383,7 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = enter_task(state[0], state[1])
+        previous = enter_task(state[0])
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:

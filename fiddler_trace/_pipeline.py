@@ -251,6 +251,7 @@ _settings: Optional[Settings] = None
 _current: Optional[Pipeline] = None
 _sink: Optional[Sink] = None
 _exiting = False
+_unflushed_stale = 0  # dropped with a parent's pipeline before this process had its own
 #: The running pipeline's buffer while no test sink is installed, else None: the hot path
 #: appends to its queue directly (:mod:`fiddler_trace._compiled`) where it would otherwise test
 #: the pipeline, the sink and the thread on every call. Kept by :func:`_refresh_lane`.
@@ -299,14 +300,15 @@ def configure(**overrides: Any) -> Settings:
     Raises:
         ConfigurationError: a value is invalid; nothing changes then.
     """
-    global _settings
+    global _settings, _unflushed_stale
     new = load_settings(**overrides)
     with _lock:
         if _current is not None and _current.pid != os.getpid():
             # A parent's, in a child forked without the fork hooks: nothing of it may be waited
             # on (a parent's thread may have held one of its locks at the fork) or closed (the
-            # parent still uses its connections). Forgotten as _start() forgets it.
-            _report_stale(_adopt_after_fork_from_c())
+            # parent still uses its connections). Forgotten as _start() forgets it; what it
+            # held is reported by the next pipeline's first flush().
+            _unflushed_stale += _report_stale(_adopt_after_fork_from_c())
         old_pipeline = _replace_pipeline(None)
         _ids.RECENT.resize(new.update_cache_size, new.update_cache_ttl)
         _settings = new
@@ -343,7 +345,7 @@ def current() -> Optional[Pipeline]:
 
 
 def _start() -> Optional[Pipeline]:
-    global _current
+    global _current, _unflushed_stale
     with _lock:
         pid = os.getpid()
         if _current is not None and _current.pid == pid:
@@ -357,6 +359,9 @@ def _start() -> Optional[Pipeline]:
         _current = Pipeline(active, stats=STATS, transport=_transport)
         _refresh_lane()
         _report_stale(stale)  # after the pipeline is made, so that its next flush() reports it
+        if _unflushed_stale:  # reported by init() before this pipeline existed
+            _current._dropped_at_flush -= _unflushed_stale
+            _unflushed_stale = 0
         return _current
 
 
@@ -370,7 +375,7 @@ def _adopt_after_fork_from_c() -> int:
     return stale
 
 
-def _report_stale(stale: int) -> None:
+def _report_stale(stale: int) -> int:
     if stale:
         # The parent's queue, copied: its events are the parent's to send, and events this
         # process captured before the fork was noticed are among them. Said, and counted as
@@ -381,6 +386,7 @@ def _report_stale(stale: int) -> None:
             "to %d events were queued; events it captured before noticing are not sent",
             stale,
         )
+    return stale
 
 
 def ready() -> bool:
@@ -475,8 +481,13 @@ def flush(timeout: Optional[float] = None) -> bool:
     """See :func:`fiddler_trace.flush`."""
     if _current is not None and _current.pid != os.getpid():
         ready()  # a fork that bypassed the hooks, not noticed yet: what it lost counts
+    global _unflushed_stale
     pipeline = current()
-    return True if pipeline is None else pipeline.flush(timeout)
+    if pipeline is None:
+        with _lock:  # events lost with a parent's pipeline: this flush reports them, once
+            lost, _unflushed_stale = _unflushed_stale, 0
+        return not lost
+    return pipeline.flush(timeout)
 
 
 def shutdown(timeout: Optional[float] = None) -> bool:

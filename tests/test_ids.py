@@ -16,7 +16,7 @@ import pytest
 from freezegun import freeze_time
 
 import fiddler_trace
-from fiddler_trace import _ids, monitor, testing
+from fiddler_trace import _capture, _ids, monitor, testing
 from fiddler_trace.collector import Collector
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
@@ -186,14 +186,17 @@ def test_tasks_a_monitored_coroutine_starts_see_its_id_and_can_update_it():
     assert events.updates == [{"event_id": events[0]["event_id"], "target": 1}]
 
 
-def test_a_task_of_an_async_call_inside_a_sync_one_sees_the_async_call():
+@pytest.mark.parametrize("frozen", [False, True], ids=["clock", "frozen-clock"])
+def test_a_task_of_an_async_call_inside_a_sync_one_sees_the_async_call(frozen):
     """A sync monitored function that runs an event loop, an async monitored call inside it,
     and a task that call starts: the task runs on the loop's stack, which holds the sync call's
-    frame, yet the async call, which began inside the sync one, is the innermost."""
+    frame, yet the async call, which began inside the sync one, is the innermost, whatever the
+    clock says; an update() of it from the task waits for its event."""
     seen: dict[str, Any] = {}
 
     async def child():
         seen["child"] = fiddler_trace.current_event_id()
+        fiddler_trace.update(seen["child"], {"target": 1})  # deferred: the call is running
 
     @monitor(OTHER)
     async def middle():
@@ -205,10 +208,66 @@ def test_a_task_of_an_async_call_inside_a_sync_one_sees_the_async_call():
         seen["outer"] = fiddler_trace.current_event_id()
         asyncio.run(middle())
 
-    with testing.capture() as events:
+    clock = freeze_time("2026-11-27 10:00:00") if frozen else contextlib.nullcontext()
+    with clock, testing.capture() as events:
         outer()
     by_model = dict(zip(events.models, (row["event_id"] for row in events)))
     assert seen == {"outer": by_model[MODEL], "middle": by_model[OTHER], "child": by_model[OTHER]}
+    assert events.updates == [{"event_id": by_model[OTHER], "target": 1}]
+
+
+def test_a_task_that_outlives_the_call_that_started_it_is_outside_any_call():
+    """A task a monitored coroutine starts may run on after the call returned (feedback sent
+    later): there its id is no longer current, and an update() of it goes out at once instead
+    of waiting behind a call that is over."""
+    seen: dict[str, Any] = {}
+    later = []
+
+    async def feedback(event_id):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the call has returned by now
+        seen["current"] = fiddler_trace.current_event_id()
+        fiddler_trace.update(event_id, {"target": 1})
+
+    @monitor(MODEL)
+    async def predict(x):
+        later.append(asyncio.create_task(feedback(fiddler_trace.current_event_id())))
+        return x
+
+    async def main():
+        await predict(1)
+        seen["returned"] = not later[0].done()
+        await later[0]
+
+    with testing.capture() as events:
+        asyncio.run(main())
+    assert seen == {"returned": True, "current": None}
+    assert events.updates == [{"event_id": events[0]["event_id"], "target": 1}]
+    assert not _capture.DEFERRED
+
+
+def test_an_uncaptured_batch_call_is_not_the_running_call():
+    """A batch=True call whose capture failed (its argument is not rows) runs uncaptured: inside
+    it, the running call is the sync call it was made in, not the async call around both."""
+    seen: dict[str, Any] = {}
+
+    @monitor(OTHER, batch=True)
+    def score_rows(rows):
+        seen["batch"] = fiddler_trace.current_event_id()
+        return [0]
+
+    @monitor(OTHER)
+    def score():
+        seen["sync"] = fiddler_trace.current_event_id()
+        score_rows(42)  # not rows: not captured
+
+    @monitor(MODEL)
+    async def handle():
+        score()
+
+    with testing.capture():
+        asyncio.run(handle())
+    assert seen["batch"] == seen["sync"] is not None
 
 
 def test_ids_are_per_thread():

@@ -404,3 +404,55 @@ def test_init_in_a_child_forked_from_c_leaves_its_parents_pipeline_alone(server)
     assert parent_closed == "False"
     assert child_id in {event["event_id"] for event in server.events()}
     assert len(server.events()) == 3
+
+
+LOST_BEFORE_INIT_IN_A_CHILD_FORKED_FROM_C = """
+import ctypes, os, threading
+import fiddler_trace
+from fiddler_trace import _pipeline
+
+@fiddler_trace.monitor(model_id="6f1c0f0e-1111-4222-8333-444455556666")
+def predict(x):
+    return {"y": x}
+
+fiddler_trace.init(enabled=True, url=os.environ["FIDDLER_URL"], token="t", flush_interval=3600.0)
+predict(0)
+assert fiddler_trace.flush(10)
+_pipeline.current().buffer._wake = threading.Event()  # the worker sleeps on: 1 and 2 stay queued
+predict(1)
+predict(2)
+read, write = os.pipe()
+pid = ctypes.PyDLL(None).fork()  # libc's fork: Python's fork hooks do not run
+if pid == 0:
+    try:
+        os.close(read)
+        predict(3)  # lands in the parent's queue, copied: lost
+        fiddler_trace.init(enabled=True, url=os.environ["FIDDLER_URL"], token="t")
+        first = fiddler_trace.flush(10)
+        predict(4)
+        second = fiddler_trace.flush(10)
+        os.write(write, f"{first} {second} {fiddler_trace.stats()['dropped']}".encode())
+    finally:
+        os._exit(0)
+os.close(write)
+print(os.read(read, 1000).decode())
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs libc's fork")
+def test_init_in_a_child_forked_from_c_reports_what_was_lost_with_its_parents_queue(server):
+    """A child forked from C captures an event into its parent's queue (copied, never sent
+    from here), then calls init(): the next flush() says not everything was delivered, once."""
+    env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": server.url}
+    env["FIDDLER_TOKEN"] = "t"
+    done = subprocess.run(
+        [sys.executable, "-c", LOST_BEFORE_INIT_IN_A_CHILD_FORKED_FROM_C],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "3"]  # 1 and 2 (the parent's), and 3
+    assert "forked without Python's fork hooks" in done.stderr

@@ -268,8 +268,20 @@ def test_redact_names_and_callable_and_global():
     def by_callable(ssn, age):
         return 1
 
+    class Redactor:  # a callable that is false: an object with a length, say
+        def __len__(self):
+            return 0
+
+        def __call__(self, columns):
+            return {k: v for k, v in columns.items() if k != "ssn"}
+
+    @monitor(MODEL, redact=Redactor())
+    def by_falsy_callable(ssn, age):
+        return 1
+
     assert capture_one(by_name, "123", 41) == {"age": 41, "prediction": 1}
     assert capture_one(by_callable, "123", 41) == {"ssn": "123", "prediction": 1}
+    assert capture_one(by_falsy_callable, "123", 41) == {"age": 41, "prediction": 1}
     fiddler_trace.init(redact=["ssn"])
     assert capture_one(by_callable, "123", 41) == {"prediction": 1}
 
