@@ -270,8 +270,9 @@ def enter_task(event_id: Optional[EventId]) -> object:
     """Mark an async or ``batch=True`` call as running in this context; returns what
     :func:`leave_task` takes. Called by the call's wrapper, whose caller's stack it walks for
     the innermost sync call this one began in (~0.1 µs a frame, once per call)."""
-    previous = CURRENT.get()
-    outer = _running_task()
+    outer = previous = CURRENT.get()
+    while outer is not None and outer.done:
+        outer = outer.outer
     within: Optional[EventId] = None
     sync_file, task_files = SYNC_CALL_FILE, _task_files
     frame: Optional[FrameType] = sys._getframe(2)
