@@ -191,6 +191,9 @@ class BatchBuffer:
         the captured counter read inside, every publish is counted once, by the worker when it
         took it or here while it is queued. For ``stats()``; O(queue)."""
         with self._drain_lock:
+            if self.forgot:  # forget_unsent() counted them
+                yield 0
+                return
             queued = list(self.queue)
             yield sum(1 for item in queued if type(item) is tuple or not isinstance(item, Update))
 
@@ -255,7 +258,7 @@ class BatchBuffer:
         """Move queued items into batches. Returns the items refused, as
         ``(model_id, event_id, method, seq, reason)``."""
         refused: list[Refusal] = []
-        if not self.queue:
+        if not self.queue or self.forgot:  # forgot: the queue was given up on, and counted
             return refused
         with self._drain_lock:
             self._drain(now, refused)
@@ -291,8 +294,9 @@ class BatchBuffer:
         # stats() reading under it then finds each one counted or still queued.
         updates = counted = 0
         try:
-            # The items queued now, popped from C (a starmap), then those queued meanwhile.
-            while queue:
+            # The items queued now, popped from C (a starmap), then those queued meanwhile. Until
+            # forget_unsent() gives up on the queue, while the lock is let go to encode a run.
+            while queue and not self.forgot:
                 for item in starmap(popleft, repeat((), len(queue))):
                     self.outstanding += 1
                     if type(item) is plain or not isinstance(item, update_type):
@@ -346,12 +350,17 @@ class BatchBuffer:
                         added += self._add_run_unlocked(
                             run_method, run_model, run_column, rows, ids, run_first, now, refused
                         )
+                        stop = self.forgot  # the rest of the queue was given up on meanwhile
+                    else:
+                        stop = False
                     run_method, run_model, run_column = method, model_id, column
                     run_first = first + self.outstanding - base - 1
                     post_model = model_id if method is POST else None
                     rows, ids = [row], event_ids
                     batch = pending.get((method, model_id))
                     room = batch_size - 1 - (batch.size if batch is not None else 0)
+                    if stop:  # this item was taken before: it goes on; the queue stays
+                        break
             if rows:
                 self.drained = first + self.outstanding - base
                 counted = self._count(self.outstanding - base - updates, counted)

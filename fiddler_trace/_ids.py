@@ -177,11 +177,14 @@ class TaskCall:
     __slots__ = ("done", "event_id", "outer", "within")
 
     def __init__(
-        self, event_id: Optional[EventId], within: Optional[EventId], outer: Optional[TaskCall]
+        self,
+        event_id: Optional[EventId],
+        within: Optional[tuple[int, EventId]],
+        outer: Optional[TaskCall],
     ) -> None:
         self.event_id = event_id  # None for a batch call: its rows get their ids afterwards
-        #: The id of the innermost sync call running on the stack when this call began, if any:
-        #: this call is inside that one.
+        #: The innermost sync call running on the stack when this call began, if any, as
+        #: ``(id of its wrapper's frame, its event id)``: this call is inside that one.
         self.within = within
         self.outer = outer  # the task call running in this context when this one began
         #: The call has returned. A task it started may run on, with this entry in its context.
@@ -234,7 +237,7 @@ def running_id() -> Optional[EventId]:
         elif filename is sync_file:
             event_id = frame.f_locals.get("event_id")
             if event_id is not None:  # None: this call is not captured (its capture failed)
-                if task is not None and task.within is event_id:
+                if task is not None and task.within == (id(frame), event_id):
                     return task.event_id
                 return event_id  # type: ignore[no-any-return]
         frame = frame.f_back
@@ -273,9 +276,11 @@ def enter_task(event_id: Optional[EventId]) -> object:
     outer = previous = CURRENT.get()
     while outer is not None and outer.done:
         outer = outer.outer
-    within: Optional[EventId] = None
+    within: Optional[tuple[int, EventId]] = None
     sync_file, task_files = SYNC_CALL_FILE, _task_files
-    frame: Optional[FrameType] = sys._getframe(2)
+    # The wrapper's caller; None when the wrapper is the first frame of its thread (a thread
+    # started from C calls it, or a coroutine is stepped from C).
+    frame: Optional[FrameType] = sys._getframe(1).f_back
     while frame is not None:
         code = frame.f_code
         filename = code.co_filename
@@ -284,8 +289,9 @@ def enter_task(event_id: Optional[EventId]) -> object:
                 within = outer.within  # no sync call between that one and this one
                 break
         elif filename is sync_file:
-            within = frame.f_locals.get("event_id")
-            if within is not None:
+            sync_id = frame.f_locals.get("event_id")
+            if sync_id is not None:
+                within = (id(frame), sync_id)  # the frame: two calls may share an id
                 break
         frame = frame.f_back
     entry = TaskCall(event_id, within, outer)

@@ -252,6 +252,9 @@ _current: Optional[Pipeline] = None
 _sink: Optional[Sink] = None
 _exiting = False
 _unflushed_stale = 0  # dropped with a parent's pipeline before this process had its own
+#: Pipelines init() or shutdown() replaced and is flushing: stats() still counts the publishes
+#: they hold queued, until forget_unsent() has counted them.
+_retiring: list[Pipeline] = []
 #: The running pipeline's buffer while no test sink is installed, else None: the hot path
 #: appends to its queue directly (:mod:`fiddler_trace._compiled`) where it would otherwise test
 #: the pipeline, the sink and the thread on every call. Kept by :func:`_refresh_lane`.
@@ -310,13 +313,24 @@ def configure(**overrides: Any) -> Settings:
             # held is reported by the next pipeline's first flush().
             _unflushed_stale += _report_stale(_adopt_after_fork_from_c())
         old_pipeline = _replace_pipeline(None)
+        if old_pipeline is not None:
+            _retiring.append(old_pipeline)
         _ids.RECENT.resize(new.update_cache_size, new.update_cache_ttl)
         _settings = new
         _set_capturing(new.enabled or _sink is not None)
     if old_pipeline is not None:
         old_pipeline.shutdown(new.exit_timeout)
-        old_pipeline.buffer.forget_unsent()
+        _retire(old_pipeline)
     return new
+
+
+def _retire(pipeline: Pipeline) -> None:
+    """After its last flush: what it did not deliver is given up on (and counted), then it is
+    no longer counted by stats()."""
+    pipeline.buffer.forget_unsent()
+    with _lock:
+        if pipeline in _retiring:
+            _retiring.remove(pipeline)
 
 
 def _replace_pipeline(new: Optional[Pipeline]) -> Optional[Pipeline]:
@@ -495,11 +509,13 @@ def shutdown(timeout: Optional[float] = None) -> bool:
     with _lock:
         pipeline = current()
         _replace_pipeline(None)
+        if pipeline is not None:
+            _retiring.append(pipeline)
     if pipeline is None:
         return True
     delivered = pipeline.shutdown(timeout)
     if not _exiting:
-        pipeline.buffer.forget_unsent()
+        _retire(pipeline)
     left = pipeline.leftover()
     if left:
         logger.warning(
@@ -513,17 +529,22 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 def stats() -> dict[str, Any]:
     """See :func:`fiddler_trace.stats`."""
     pipeline = current()
-    return STATS.snapshot(0) if pipeline is None else pipeline.snapshot()
+    out = STATS.snapshot(0) if pipeline is None else pipeline.snapshot()
+    for retiring in tuple(_retiring):  # being flushed by init() or shutdown()
+        with retiring.buffer.counted() as queued:
+            out["captured"] += queued
+    return out
 
 
 def reset() -> None:
     """Forget all state: stop the pipeline without waiting, drop settings, counters and sink."""
-    global _settings, _sink, _exiting, STATS
+    global _settings, _sink, _exiting, _unflushed_stale, STATS
     with _lock:
         pipeline = _replace_pipeline(None)
         _settings = None
         _sink = None
         _exiting = False
+        _unflushed_stale = 0
         _set_capturing(False)
         STATS = Stats()
     if pipeline is not None:
@@ -541,10 +562,12 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, STATS
+    global _lock, _unflushed_stale, STATS
     # The parent's pipeline, thread and connections are not ours: forget them without closing
     # anything, or the child could shut a socket the parent still uses.
     _lock = threading.RLock()
+    _unflushed_stale = 0  # the parent's to report
+    _retiring.clear()
     parent = _replace_pipeline(None)
     if parent is not None and parent.spooler is not None:
         parent.spooler.spool.after_fork()

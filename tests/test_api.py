@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -496,14 +497,21 @@ def test_captured_counts_each_event_once_wherever_it_is():
         _one_event_stuck_in_the_queue(stuck)
         predict(3)
         assert fiddler_trace.stats()["captured"] == 3  # one in the request, two queued
-        fiddler_trace.init(
-            enabled=True,
-            url=server.url,
-            token="t",
-            exit_timeout=0.1,
-            max_queue_size=2,
-            flush_interval=60,  # the two it holds stay held while the next two come
+        replaced = threading.Thread(
+            target=fiddler_trace.init,
+            kwargs={
+                "enabled": True,
+                "url": server.url,
+                "token": "t",
+                "exit_timeout": 2.0,
+                "max_queue_size": 2,
+                "flush_interval": 60,  # the two it holds stay held while the next two come
+            },
         )
+        replaced.start()
+        assert stuck.wait_for(lambda: _pipeline._current is None and bool(_pipeline._retiring))
+        assert fiddler_trace.stats()["captured"] == 3  # while init() flushes the old pipeline
+        replaced.join(timeout=10)
         assert fiddler_trace.stats()["captured"] == 3  # the replaced pipeline's, given up on
         for x in range(4, 8):
             predict(x)
@@ -514,6 +522,48 @@ def test_captured_counts_each_event_once_wherever_it_is():
         stats = fiddler_trace.stats()
     assert (stats["captured"], stats["sent"]) == (7, 2)
     assert len(server.events()) == 2
+
+
+def test_events_a_replaced_pipeline_gave_up_on_are_counted_once_though_its_worker_resumes():
+    """init() gives up on a pipeline whose worker is in the middle of a pass over the queue,
+    encoding (the host's __repr__, with the queue's lock let go) with more events of that pass
+    behind: those are counted as captured then, and the worker, when it resumes, leaves them
+    instead of taking (and counting, and sending) them again."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __repr__(self) -> str:
+            entered.set()
+            release.wait(10)
+            return "slow"
+
+    @monitor(MODEL)
+    def first(x):
+        return {"y": Slow()}  # no JSON form: encoded by its repr(), on the worker
+
+    @monitor(OTHER)
+    def second(x):
+        return x
+
+    with fault_server() as old, fault_server() as new:
+        old.push(Stall())  # the worker waits in its first request while six events queue up
+        fiddler_trace.init(enabled=True, url=old.url, token="t", flush_interval=0.01)
+        second(-1)
+        assert old.wait_for(lambda: len(old.received) == 1)
+        first(0)
+        for x in range(1, 6):
+            second(x)  # another model: first's run is encoded before these are taken
+        old_pipeline = _pipeline.current()
+        old.release()  # one pass takes first(0) and second(1), then encodes first's run
+        assert entered.wait(10)
+        fiddler_trace.init(enabled=True, url=new.url, token="t", exit_timeout=0.1)
+        assert fiddler_trace.stats()["captured"] == 7
+        release.set()
+        old_pipeline._thread.join(timeout=10)
+        assert not old_pipeline._thread.is_alive()
+        assert fiddler_trace.stats()["captured"] == 7
+    sent = {e["x"] for e in old.events() if "x" in e}
+    assert not sent & {2, 3, 4, 5}  # the four given up on
 
 
 def test_an_update_of_an_event_lost_with_a_replaced_pipeline_is_dropped_silently():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import gc
+import inspect
 import math
 import os
+import sys
 import threading
+import time
 import uuid
 import warnings
 from typing import Any, Callable
@@ -244,6 +248,65 @@ def test_a_task_that_outlives_the_call_that_started_it_is_outside_any_call():
     assert seen == {"returned": True, "current": None}
     assert events.updates == [{"event_id": events[0]["event_id"], "target": 1}]
     assert not _capture.DEFERRED
+
+
+def test_a_batch_or_async_call_made_from_a_thread_started_in_c_is_captured():
+    """A monitored function can be the first Python frame of its thread (a thread started from
+    C calls it, a coroutine stepped from C): the walk for the sync call it began in finds an
+    empty stack, and the call runs and is captured as any other."""
+
+    @monitor(MODEL, batch=True)
+    def score(rows):
+        return [0] * len(rows)
+
+    @monitor(OTHER)
+    async def handle(x):
+        await asyncio.sleep(0)  # suspends once, without an event loop
+        return x
+
+    def wait_until(condition):
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return condition()
+
+    with testing.capture() as events:
+        _thread.start_new_thread(score, ([{"a": 1}],))  # score is the thread's first frame
+        assert wait_until(lambda: len(events) == 1)
+        coroutine = handle(2)
+        _thread.start_new_thread(coroutine.send, (None,))  # so is the coroutine's wrapper
+        assert wait_until(lambda: inspect.getcoroutinestate(coroutine) == "CORO_SUSPENDED")
+        with pytest.raises(StopIteration):
+            coroutine.send(None)  # the rest of the call, from here
+    assert events.models == [MODEL, OTHER]
+    assert fiddler_trace.stats()["capture_errors"] == 0
+
+
+def test_calls_that_share_an_event_id_are_told_apart_by_their_frames():
+    """Ids given by event_id= may repeat (one request id for several models): an async call
+    begun inside a sync call, and a sync call inside the async one, all with the same id, are
+    told apart by which frame runs, not by the id."""
+    seen: dict[str, Any] = {}
+    request_id = "req-42"
+
+    @monitor(OTHER, event_id=lambda: request_id)
+    def rank():
+        seen["rank"] = _ids.running_id()
+        seen["rank frame"] = sys._getframe(1).f_code.co_filename
+
+    @monitor(OTHER)
+    async def middle():
+        seen["middle"] = fiddler_trace.current_event_id()
+        rank()
+
+    @monitor(MODEL, event_id=lambda: request_id)
+    def outer():
+        asyncio.run(middle())
+
+    with testing.capture():
+        outer()
+    assert seen["rank"] == request_id  # not the async call's id
+    assert seen["middle"] != request_id
 
 
 def test_an_uncaptured_batch_call_is_not_the_running_call():
