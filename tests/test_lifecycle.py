@@ -274,17 +274,23 @@ print(" ".join(child_ids))
 """
 
 
+def run_enabled(script: str, url: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter with capture on towards ``url``; it must exit 0."""
+    env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": url, "FIDDLER_TOKEN": "t"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def run_forking_script(url: str, parent_events: int, queued: bool, uwsgi: bool) -> list[str]:
     script = (
         FORK_WITHOUT_HOOKS.replace("PARENT_EVENTS", str(parent_events))
         .replace("QUEUED", str(queued))
         .replace("UWSGI", str(uwsgi))
     )
-    env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": url, "FIDDLER_TOKEN": "t"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_enabled(script, url)
     return [*done.stdout.splitlines(), done.stderr]
 
 
@@ -386,16 +392,7 @@ def test_init_in_a_child_forked_from_c_leaves_its_parents_pipeline_alone(server)
     parent's pipeline: it must not wait on it (a parent's thread may have held one of its locks
     at the fork, and that thread does not exist here) nor close anything the parent still
     uses."""
-    env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": server.url}
-    env["FIDDLER_TOKEN"] = "t"
-    done = subprocess.run(
-        [sys.executable, "-c", INIT_IN_A_CHILD_FORKED_FROM_C],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_enabled(INIT_IN_A_CHILD_FORKED_FROM_C, server.url)
     child_line, parent_closed = done.stdout.splitlines()
     assert child_line != "HUNG"
     child_id, delivered, closed_in_child = child_line.split()
@@ -444,15 +441,6 @@ os.waitpid(pid, 0)
 def test_init_in_a_child_forked_from_c_reports_what_was_lost_with_its_parents_queue(server):
     """A child forked from C captures an event into its parent's queue (copied, never sent
     from here), then calls init(): the next flush() says not everything was delivered, once."""
-    env = {**os.environ, "FIDDLER_TRACE_ENABLED": "1", "FIDDLER_URL": server.url}
-    env["FIDDLER_TOKEN"] = "t"
-    done = subprocess.run(
-        [sys.executable, "-c", LOST_BEFORE_INIT_IN_A_CHILD_FORKED_FROM_C],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_enabled(LOST_BEFORE_INIT_IN_A_CHILD_FORKED_FROM_C, url=server.url)
     assert done.stdout.split() == ["False", "True", "3"]  # 1 and 2 (the parent's), and 3
     assert "forked without Python's fork hooks" in done.stderr
