@@ -65,8 +65,8 @@ def call_sync(wrapped, instance, args, kwargs):
         event_id = None
     if event_id is None:  # the host's call must not sit inside our except block
         return wrapped(*args, **kwargs)
-    # While the host's function runs, this frame's `event_id` and `start` say which call is
-    # running: current_event_id() finds them on the stack (_ids.running_id).
+    # While the host's function runs, this frame's `event_id` says which call is running:
+    # current_event_id() finds it on the stack (_ids.running_id).
     try:
         # Without keywords, a call without the empty mapping skips unpacking it.
         result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)

@@ -153,8 +153,8 @@ def seed(value: Optional[int] = None) -> None:
 #: The file name of every compiled sync wrapper (:mod:`fiddler_trace._compiled`), this very
 #: string object, which the wrapper's code keeps: the stack walk tests it by identity. A sync call
 #: cannot be suspended, so the call running now in this thread (or greenlet) is on the caller's
-#: stack: its wrapper's frame holds the call's ``event_id`` and ``start`` as locals, and
-#: :func:`running_id` finds them there. The hot path then stores nothing per call to say which
+#: stack: its wrapper's frame holds the call's ``event_id`` as a local, and :func:`running_id`
+#: finds it there. The hot path then stores nothing per call to say which
 #: call is running: a per-thread entry set and cleared on every call cost ~1,500 instructions.
 SYNC_CALL_FILE = "<fiddler_trace monitor>"
 #: The code of the async and ``batch=True`` wrappers, which mark the call running in

@@ -259,7 +259,7 @@ _retiring: list[Pipeline] = []
 #: appends to its queue directly (:mod:`fiddler_trace._compiled`) where it would otherwise test
 #: the pipeline, the sink and the thread on every call. Kept by :func:`_refresh_lane`.
 lane: Optional[BatchBuffer] = None
-#: The process's counters; capture code bumps the hot ones (``next(STATS.captured)``).
+#: The process's counters; capture code bumps the hot ones (``next(STATS.sampled_out)``).
 STATS = Stats()
 _transport: Optional[httpx.BaseTransport] = None  # tests only
 
