@@ -225,75 +225,87 @@ def running_id() -> Optional[EventId]:
     on the loop's stack, below which the sync call's frame lies; the task call then says it
     began within that sync call.
     """
-    task = _running_task()
-    sync_file, task_files = SYNC_CALL_FILE, _task_files
-    frame: Optional[FrameType] = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        filename = code.co_filename  # tested by identity first: ~0.1 µs a frame
-        if filename in task_files and code in TASK_CODES:
-            if task is not None and frame.f_locals.get("state") is not None:  # None: uncaptured
+    task = _undone(CURRENT.get())
+    found = _next_call(sys._getframe(1))
+    while found is not None:
+        frame, event_id = found
+        if event_id is not None:  # a sync call's
+            if task is not None and task.within == (id(frame), event_id):
                 return task.event_id
-        elif filename is sync_file:
-            event_id = frame.f_locals.get("event_id")
-            if event_id is not None:  # None: this call is not captured (its capture failed)
-                if task is not None and task.within == (id(frame), event_id):
-                    return task.event_id
-                return event_id  # type: ignore[no-any-return]
-        frame = frame.f_back
+            return event_id
+        if task is not None:  # an async or batch call's: the task call
+            return task.event_id
+        found = _next_call(frame.f_back)
     return None if task is None else task.event_id
 
 
-def _running_task() -> Optional[TaskCall]:
-    task = CURRENT.get()
-    while task is not None and task.done:  # a task that outlived the call that started it
+def _next_call(frame: Optional[FrameType]) -> Optional[tuple[FrameType, Optional[EventId]]]:
+    """From ``frame`` up the stack, the first wrapper frame of a captured monitored call:
+    ``(frame, event id)`` for a sync call, ``(frame, None)`` for an async or batch call (its id
+    is in :data:`CURRENT`); None at the bottom. File names are tested by identity first: ~0.1 µs
+    a frame."""
+    sync_file, task_files = SYNC_CALL_FILE, _task_files
+    while frame is not None:
+        code = frame.f_code
+        filename = code.co_filename
+        if filename is sync_file:
+            event_id = frame.f_locals.get("event_id")
+            if event_id is not None:  # None: this call is not captured (its capture failed)
+                return frame, event_id
+        elif (
+            filename in task_files
+            and code in TASK_CODES
+            and frame.f_locals.get("state") is not None  # None: not captured
+        ):
+            return frame, None
+        frame = frame.f_back
+    return None
+
+
+def _undone(task: Optional[TaskCall]) -> Optional[TaskCall]:
+    """``task``, or the call it began in if it is done (a task that outlived the call that
+    started it carries that call in its context)."""
+    while task is not None and task.done:
         task = task.outer
     return task
 
 
 def running_ids() -> list[EventId]:
     """The ids of every monitored call running in this thread or task (for the fork hook)."""
-    found: list[EventId] = []
-    frame: Optional[FrameType] = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_filename is SYNC_CALL_FILE:
-            event_id = frame.f_locals.get("event_id")
-            if event_id is not None:
-                found.append(event_id)
-        frame = frame.f_back
-    task = _running_task()
+    ids: list[EventId] = []
+    found = _next_call(sys._getframe(1))
+    while found is not None:
+        frame, event_id = found
+        if event_id is not None:
+            ids.append(event_id)
+        found = _next_call(frame.f_back)
+    task = _undone(CURRENT.get())
     while task is not None:
         if task.event_id is not None and not task.done:
-            found.append(task.event_id)
+            ids.append(task.event_id)
         task = task.outer
-    return found
+    return ids
 
 
 def enter_task(event_id: Optional[EventId]) -> object:
     """Mark an async or ``batch=True`` call as running in this context; returns what
     :func:`leave_task` takes. Called by the call's wrapper, whose caller's stack it walks for
     the innermost sync call this one began in (~0.1 µs a frame, once per call)."""
-    outer = previous = CURRENT.get()
-    while outer is not None and outer.done:
-        outer = outer.outer
+    previous = CURRENT.get()
+    outer = _undone(previous)
     within: Optional[tuple[int, EventId]] = None
-    sync_file, task_files = SYNC_CALL_FILE, _task_files
-    # The wrapper's caller; None when the wrapper is the first frame of its thread (a thread
-    # started from C calls it, or a coroutine is stepped from C).
-    frame: Optional[FrameType] = sys._getframe(1).f_back
-    while frame is not None:
-        code = frame.f_code
-        filename = code.co_filename
-        if filename in task_files and code in TASK_CODES:
-            if outer is not None and frame.f_locals.get("state") is not None:
-                within = outer.within  # no sync call between that one and this one
-                break
-        elif filename is sync_file:
-            sync_id = frame.f_locals.get("event_id")
-            if sync_id is not None:
-                within = (id(frame), sync_id)  # the frame: two calls may share an id
-                break
-        frame = frame.f_back
+    # From the wrapper's caller; None when the wrapper is the first frame of its thread (a
+    # thread started from C calls it, or a coroutine is stepped from C).
+    found = _next_call(sys._getframe(1).f_back)
+    while found is not None:
+        frame, sync_id = found
+        if sync_id is not None:
+            within = (id(frame), sync_id)  # the frame: two calls may share an id
+            break
+        if outer is not None:  # no sync call between that task call and this one
+            within = outer.within
+            break
+        found = _next_call(frame.f_back)
     entry = TaskCall(event_id, within, outer)
     CURRENT.set(entry)
     return entry, previous
