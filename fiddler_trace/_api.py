@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from fiddler_trace import _pipeline
-from fiddler_trace._capture import DEFERRED, apply_redact, describe, report
+from fiddler_trace._capture import apply_redact, defer_update, describe, report
 from fiddler_trace._client import EventsClient, TimeBound, delete_bodies
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
@@ -99,14 +99,15 @@ def update(
     settings = _pipeline.settings()  # first use in a process that only sends ground truth
     if not _pipeline.capturing:
         return
+    changes: Optional[dict[str, Any]] = None
     running = running_id()
     if running is not None and id_text(running) == event_id:
         # Inside the monitored call of this very event: its event is submitted when the call
         # returns, and this update must not overtake it.
         changes = _redacted(dict(columns), settings)
-        if changes is not None:
-            DEFERRED.setdefault(running, []).append((changes, model_id, event_id_column))
-        return
+        if changes is None or defer_update(running, changes, model_id, event_id_column):
+            return
+        # An async call that returned meanwhile (this is another thread): sent as any other.
     known = RECENT.get(event_id)
     if known is None and (model_id is None or event_id_column is None):
         # Captured so recently that the worker has not taken it yet? (Nothing to look up when
@@ -127,7 +128,8 @@ def update(
             f"{settings.update_cache_ttl:g} s (or is no longer remembered), so its model is "
             "unknown; pass model_id='<the model's uuid>'"
         )
-    changes = _redacted(dict(columns), settings)
+    if changes is None:
+        changes = _redacted(dict(columns), settings)
     if changes is not None:
         _pipeline.submit(Update(model_id, event_id, changes, event_id_column or "event_id"))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -30,7 +31,10 @@ __all__ = [
     "check_model_id",
     "check_redact",
     "check_sample_rate",
+    "defer_update",
     "deliver",
+    "end_task_call",
+    "release_updates",
     "remember",
     "report",
 ]
@@ -48,6 +52,15 @@ _reported: dict[str, float] = {}
 #: Updates made inside the monitored call of their own event, by event id: that event is
 #: submitted only when the call returns, so they wait for it here (see :func:`release_updates`).
 DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]]] = {}
+Waiting = list[tuple[dict[str, Any], Optional[str], Optional[str]]]
+#: Held while an update() finds its call still running and adds to :data:`DEFERRED`. An async
+#: call's context, and so its running mark, can reach another thread (``to_thread``, an
+#: executor) that the call does not wait for: when the call ends, it is marked done first, then
+#: its waiting updates are taken under this lock if one waits or an update() holds the lock; an
+#: update() there so either waits for the call's end or finds the call done and goes out as any
+#: other, never after the end took the waiting ones. A sync call can only be found running by
+#: its own thread: it needs no lock. Never held while host code runs.
+DEFER_LOCK = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
@@ -61,10 +74,40 @@ def _after_fork_in_child() -> None:
 _forks.in_child(_after_fork_in_child)
 
 
-def release_updates(event_id: EventId, model_id: str, id_column: str, submitted: bool) -> None:
+def defer_update(
+    running: EventId, changes: dict[str, Any], model_id: Optional[str], column: Optional[str]
+) -> bool:
+    """Keep an update of the call running now (``running``, found by the caller) until the call
+    returns; False when it has returned since (an async call, seen from another thread)."""
+    with DEFER_LOCK:
+        if _ids.running_id() != running:
+            return False
+        DEFERRED.setdefault(running, []).append((changes, model_id, column))
+        return True
+
+
+def end_task_call(entered: object, event_id: Optional[EventId]) -> Optional[Waiting]:
+    """An async or batch call ends (:func:`~fiddler_trace._ids.leave_task`): the updates still
+    waiting for it, which no update() can add to any more."""
+    _ids.leave_task(entered)  # done: an update() that looks from now on finds it so
+    if event_id is None or not (DEFERRED or DEFER_LOCK.locked()):
+        return None  # none waits, and no update() is deciding now: no lock for the usual case
+    with DEFER_LOCK:  # one deciding now has finished
+        return DEFERRED.pop(event_id, None)
+
+
+def release_updates(
+    event_id: EventId,
+    model_id: str,
+    id_column: str,
+    submitted: bool,
+    waiting: Optional[Waiting] = None,
+) -> None:
     """The call of ``event_id`` ended: submit its deferred updates behind its event, or drop
-    them (the call raised, or was sampled out: there is no event to update)."""
-    waiting = DEFERRED.pop(event_id, None)
+    them (the call raised, or was sampled out: there is no event to update). ``waiting``: those
+    already taken off :data:`DEFERRED` (:func:`end_task_call`)."""
+    if waiting is None:
+        waiting = DEFERRED.pop(event_id, None)
     if not waiting or not submitted:
         return
     text = id_text(event_id)

@@ -22,7 +22,6 @@ import wrapt
 
 from fiddler_trace import _batch, _pipeline
 from fiddler_trace._capture import (
-    DEFERRED,
     Redact,
     check_column,
     check_model_id,
@@ -30,6 +29,7 @@ from fiddler_trace._capture import (
     check_sample_rate,
     deliver,
     describe,
+    end_task_call,
     release_updates,
     remember,
     report,
@@ -44,7 +44,6 @@ from fiddler_trace._ids import (
     draw,
     draw_id,
     enter_task,
-    leave_task,
     mark_task_wrapper,
     new_event_id,
 )
@@ -313,15 +312,15 @@ class _Steps:
                 report(kind, f"could not capture a call of {name}: {describe(error)}")
                 return None
 
-        def finish(state: State, result: Any) -> None:
+        def finish(state: State, result: Any) -> bool:
+            """Submit the call's event; False when there is none (sampled out, or its capture
+            failed). The updates made during the call are the caller's to release."""
             event_id, start, columns, settings = state
             try:
                 if columns is None:
                     remember(event_id, None, id_column, sampled_owner)
                     next(_pipeline.STATS.sampled_out)
-                    if DEFERRED:
-                        DEFERRED.pop(event_id, None)
-                    return
+                    return False
                 add_outputs(columns, result)
                 if has_metadata:
                     add_metadata(columns)
@@ -335,12 +334,10 @@ class _Steps:
                     redact,
                     settings,
                 )
-                if DEFERRED:  # an update() of this event made during the call
-                    release_updates(event_id, model_id, id_column, True)
+                return True
             except Exception as error:
-                if DEFERRED:
-                    DEFERRED.pop(event_id, None)
                 report(kind, f"could not capture a call of {name}: {describe(error)}")
+                return False
 
         self.begin = begin
         self.finish = finish
@@ -376,6 +373,7 @@ def _probe_free(func: Any) -> Any:
 
 def _async_wrapper(steps: _Steps) -> Wrapper:
     begin, finish = steps.begin, steps.finish
+    model_id, id_column = steps.model_id, steps.id_column
     set_last = LAST.set
 
     async def run(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -383,20 +381,26 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         state = begin(instance, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        previous = enter_task(state[0])
+        event_id = state[0]
+        previous = enter_task(event_id)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
+            end_task_call(previous, event_id)  # its updates are dropped: there is no event
             if isinstance(error, Exception):  # not cancellation
                 next(_pipeline.STATS.errors)
             set_last(None)
-            if DEFERRED:
-                DEFERRED.pop(state[0], None)
             raise
+        set_last(event_id)
+        submitted = False
+        try:
+            # Still running: the host's outputs= and metadata= callables see this call's id,
+            # as a sync call's do.
+            submitted = finish(state, result)
         finally:
-            leave_task(previous)
-        set_last(state[0])
-        finish(state, result)
+            waiting = end_task_call(previous, event_id)
+            if waiting:  # update()s of this event made during the call, now behind it
+                release_updates(event_id, model_id, id_column, submitted, waiting)
         return result
 
     mark_task_wrapper(run.__code__)  # its frame marks CURRENT as the running call's

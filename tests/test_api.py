@@ -3,13 +3,17 @@ through the local collector, in process and in a subprocess configured only by e
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as dt
+import functools
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,7 +22,16 @@ import pytest
 from faults import Hang, Stall, fault_server
 
 import fiddler_trace
-from fiddler_trace import ConfigurationError, FiddlerHandler, Job, _ids, _pipeline, monitor, testing
+from fiddler_trace import (
+    ConfigurationError,
+    FiddlerHandler,
+    Job,
+    _capture,
+    _ids,
+    _pipeline,
+    monitor,
+    testing,
+)
 from fiddler_trace.collector import Collector
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
@@ -440,6 +453,86 @@ def test_an_update_made_inside_its_own_call_follows_the_event(collector):
     assert collector.events(MODEL)[0]["target"] == 7
     assert collector.stats()["unknown_updates"] == 0
     assert seen == [0]
+
+
+def test_an_update_from_a_thread_an_async_call_did_not_wait_for_is_sent_after_all(collector):
+    """An async call's context reaches a thread it starts and does not wait for. An update()
+    there that finds the call running, then is held up (here: in the redactor) until the call
+    has returned, is sent as any update, not left waiting for a call that has ended."""
+    entered, go_on = threading.Event(), threading.Event()
+
+    def redact(columns):
+        if "target" in columns:  # the update's, not the event's
+            entered.set()
+            go_on.wait(10)
+        return columns
+
+    fiddler_trace.init(enabled=True, url=collector.url, token="t", redact=redact)
+    threads: list[threading.Thread] = []
+
+    @fiddler_trace.monitor(model_id=MODEL)
+    async def predict_and_label(x):
+        label = functools.partial(fiddler_trace.update, fiddler_trace.current_event_id())
+        context = contextvars.copy_context()
+        threads.append(threading.Thread(target=context.run, args=(label, {"target": x})))
+        threads[0].start()
+        assert entered.wait(10)  # the update found this call running
+        return {"y": x}
+
+    asyncio.run(predict_and_label(7))
+    go_on.set()
+    threads[0].join(10)
+    assert fiddler_trace.flush(10)
+    assert collector.events(MODEL)[0]["target"] == 7
+    assert not _capture.DEFERRED
+
+
+def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, monkeypatch):
+    """The other order of the race above: the update() from the thread has found the call
+    running and holds the lock, about to wait for the call, as the call ends. The end waits for
+    the lock, then sends that update behind the event."""
+    checking, go_on = threading.Event(), threading.Event()
+    real_running_id = _ids.running_id
+    main = threading.get_ident()
+
+    def running_id_then_pause():  # in update(), under the lock
+        found = real_running_id()
+        if threading.get_ident() != main:
+            checking.set()
+            go_on.wait(10)
+        return found
+
+    def release_once_the_end_waits() -> None:
+        # The call's end, on the main thread, waits for the lock: let the update() go on then.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not go_on.is_set():
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code is _capture.end_task_call.__code__:
+                break
+            time.sleep(0.001)
+        go_on.set()
+
+    monkeypatch.setattr(_ids, "running_id", running_id_then_pause)
+    fiddler_trace.init(enabled=True, url=collector.url, token="t")
+    threads: list[threading.Thread] = []
+
+    @fiddler_trace.monitor(model_id=MODEL)
+    async def predict_and_label(x):
+        label = functools.partial(fiddler_trace.update, fiddler_trace.current_event_id())
+        context = contextvars.copy_context()
+        threads.append(threading.Thread(target=context.run, args=(label, {"target": x})))
+        threads.append(threading.Thread(target=release_once_the_end_waits))
+        for thread in threads:
+            thread.start()
+        assert checking.wait(10)  # the update() holds the lock, the call still running
+        return {"y": x}
+
+    asyncio.run(predict_and_label(7))
+    for thread in threads:
+        thread.join(10)
+    assert fiddler_trace.flush(10)
+    assert collector.events(MODEL)[0]["target"] == 7
+    assert not _capture.DEFERRED
 
 
 def test_an_update_made_inside_a_call_that_raises_is_dropped():

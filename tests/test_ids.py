@@ -144,6 +144,57 @@ def test_sync_and_async_calls_nested_either_way_each_see_the_innermost_id(frozen
     assert fiddler_trace.current_event_id() is None
 
 
+def test_the_hosts_callables_see_their_own_call_running_in_every_kind_of_call():
+    """outputs= and metadata= run at the end of the call, still inside it: current_event_id()
+    there is the id of that call's event (None for a batch call), for sync, async and batch
+    calls alike, also when the call is nested in another monitored call."""
+    seen: list[tuple[str, str, Any]] = []
+
+    def watched(kind: str) -> dict[str, Any]:
+        def outputs(result: Any) -> dict[str, Any]:
+            seen.append((kind, "outputs", fiddler_trace.current_event_id()))
+            return {"score": result} if kind != "batch" else result
+
+        def metadata() -> dict[str, Any]:
+            seen.append((kind, "metadata", fiddler_trace.current_event_id()))
+            return {}
+
+        return {"outputs": outputs, "metadata": metadata}
+
+    @monitor(OTHER, **watched("sync"))
+    def sync_call():
+        return 1
+
+    @monitor(OTHER, **watched("async"))
+    async def async_call():
+        return 2
+
+    @monitor(OTHER, batch=True, **watched("batch"))
+    def batch_call(rows):
+        return [{"score": 3} for _ in rows]
+
+    @monitor(MODEL)
+    def outer():
+        sync_call()
+        asyncio.run(async_call())
+        batch_call([{"a": 1}])
+
+    with testing.capture() as events:
+        sync_call()
+        asyncio.run(async_call())
+        batch_call([{"a": 1}])
+        outer()
+    ids: dict[Any, list[str]] = {1: [], 2: [], 3: []}
+    for row in events:
+        if "score" in row:
+            ids[row["score"]].append(row["event_id"])
+    assert [len(ids[score]) for score in (1, 2, 3)] == [2, 2, 2]
+    for kind, score in (("sync", 1), ("async", 2)):
+        for step in ("outputs", "metadata"):
+            assert [seen_id for k, s, seen_id in seen if (k, s) == (kind, step)] == ids[score]
+    assert [seen_id for k, _, seen_id in seen if k == "batch"] == [None] * 4
+
+
 def test_a_sync_call_of_another_thread_is_not_current_here():
     """While one thread is inside a sync monitored call, another thread sees no current id."""
     inside, release = threading.Event(), threading.Event()
