@@ -14,8 +14,10 @@ start-up and shutdown:
   is left out (under valgrind, which runs one thread at a time, how often the caller's thread
   finds the queue empty or the pool of ids drawn ahead empty, or waits for the interpreter
   lock, depends on the machine's load: ``monitor``'s thread 1 moves by ~2,000 instructions
-  from run to run). The queue's batch size is raised so that every call takes the path of a
-  call in the middle of a batch; ids come from the pool; the garbage collector is off;
+  from run to run). The queue grows past a batch, as it does whenever the caller outruns
+  the worker (most calls of ``monitor`` find it so): every call takes that path, and one in
+  ``DEEP_CHECK`` (512) wakes the stopped worker; ids come from the pool; the garbage collector
+  is off;
 - ``floor``: ``floor.py``'s minimal capture (thread 2: its worker);
 - ``bare``: the function alone.
 """
@@ -66,7 +68,6 @@ def child(workload: str, calls: int) -> None:
         running.wake.set()
         running._thread.join()
         running.running = True
-        running.buffer.fill_at = running.buffer.batch_size = 10**9
         _ids.ID_POOL.extend(repeat(_ids.getrandbits(128), 2_000 + calls + 1))
         gc.disable()
     elif workload == "floor":

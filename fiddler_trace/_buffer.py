@@ -33,8 +33,14 @@ from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, id_bits, id_text
 from fiddler_trace._stats import Stats
 
-__all__ = ["BatchBuffer", "Item", "Refusal", "remember_publish"]
+__all__ = ["DEEP_CHECK", "BatchBuffer", "Item", "Refusal", "remember_publish"]
 
+#: In a queue deeper than a batch, producers wake the worker (and check the pid) once every
+#: this many events, a power of two (the hot path tests ``depth & DEEP_CHECK - 1``). The worker
+#: was woken when the batch filled and does not wait while the queue holds anything, so this
+#: only bounds what a missed wake-up (two producers reading the same depth) can hold back; a
+#: test on every event cost each call in a burst a function call (~1,000 instructions).
+DEEP_CHECK = 512
 #: A publish (an :class:`Event` or a plain tuple of its fields) or an update.
 Item = Union[Event, tuple, Update]
 #: An item too large to send: ``(model_id, event_id, method, seq, reason)``.
@@ -130,8 +136,10 @@ class BatchBuffer:
     ) -> None:
         self.max_events = max_events
         self.batch_size = batch_size
-        #: Below this depth, and above 0, an event queued neither starts nor fills a batch: the
-        #: hot path appends it without waking the worker.
+        #: The depth at which an event queued fills a batch: the producer wakes the worker, as
+        #: at depth 0 (a batch starts). Between the two, and past it but once every
+        #: :data:`DEEP_CHECK` events, the hot path appends without waking (see
+        #: :func:`~fiddler_trace._pipeline.submit`).
         self.fill_at = batch_size - 1
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval

@@ -8,9 +8,9 @@ case of each step written inline:
 - the columns of a call that passes every parameter by position are a dict display over
   ``args`` (``{'age': args[0], ...}``); any other call uses the plan's input builder;
 - a result that is a dict is merged with ``dict.update``; anything else uses the output adder;
-- the item goes straight onto the pipeline's queue when it lands in the middle of a batch; the
-  first event of a batch, the one that fills it, a full buffer, a missing or stopped pipeline
-  and the test sink all go through :func:`fiddler_trace._pipeline.submit`.
+- the item goes straight onto the pipeline's queue unless it starts or fills a batch, or lands
+  in a queue deeper than a batch at a multiple of ``DEEP_CHECK``; those, a full buffer, a missing
+  or stopped pipeline and the test sink go through :func:`fiddler_trace._pipeline.submit`.
 
 The generated source is :data:`_TEMPLATE` with the blanks filled from the function's
 :class:`~fiddler_trace._inputs.CallPlan` and the monitor's options; names are inserted with
@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Optional
 
 from fiddler_trace import _otel, _pipeline
+from fiddler_trace._buffer import DEEP_CHECK
 from fiddler_trace._capture import (
     DEFERRED,
     apply_redact,
@@ -92,7 +93,10 @@ def call_sync(wrapped, instance, args, kwargs):
             if lane is not None:
                 queue = lane.queue
                 depth = len(queue)
-                if 0 < depth < lane.fill_at and depth + lane.outstanding < lane.max_events:
+                fill_at = lane.fill_at
+                if (
+                    0 < depth < fill_at or (depth > fill_at and depth & {deep_mask})
+                ) and depth + lane.outstanding < lane.max_events:
                     queue.append(item)
                 else:
                     submit(item)
@@ -172,6 +176,7 @@ def compile_sync_wrapper(
         new_id=_DRAWN_ID if steps.id_from is None else "        event_id = id_from(args, kwargs)",
         rate="settings.sample_rate" if steps.own_rate is None else "own_rate",
         choose_inputs=choose,
+        deep_mask=DEEP_CHECK - 1,
         columns=build,
         # The monitor's own options, known now: the wrapper has only the steps it needs.
         metadata="            add_metadata(columns)\n" if steps.has_metadata else "",

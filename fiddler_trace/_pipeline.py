@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import httpx
 
 from fiddler_trace import _forks, _ids
-from fiddler_trace._buffer import BatchBuffer, Item, remember_publish
+from fiddler_trace._buffer import DEEP_CHECK, BatchBuffer, Item, remember_publish
 from fiddler_trace._client import EventsClient
 from fiddler_trace._clock import Clock, monotonic
 from fiddler_trace._config import Settings, load_settings
@@ -424,6 +424,9 @@ def ready() -> bool:
         return False
 
 
+_DEEP_MASK = DEEP_CHECK - 1
+
+
 def submit(item: Item) -> bool:
     """Hand an item to the sink or the pipeline: the hot path. Never raises, never blocks.
 
@@ -444,12 +447,14 @@ def submit(item: Item) -> bool:
     depth = len(queue)
     if depth + buffer.outstanding >= buffer.max_events:
         return _submit_slowly(item)
-    if depth == 0 or depth + 1 >= buffer.batch_size:
-        # The worker is woken when a batch starts (so its age counts from then) and when one
-        # fills. The pid is checked at those points only (a system call costs as much as the
-        # rest of this function): a child forked without the fork hooks, with its parent's
-        # pipeline, is caught at its first event or, at worst, when a batch fills.
-        if (depth == 0 or depth + 1 == buffer.batch_size) and pipeline.pid != os.getpid():
+    fill_at = buffer.fill_at
+    if depth == 0 or depth == fill_at or (depth > fill_at and not depth & _DEEP_MASK):
+        # The worker is woken when a batch starts (so its age counts from then), when one
+        # fills, and in a deeper queue once every DEEP_CHECK events (see _buffer). The pid is
+        # checked at those points only (a system call costs as much as the rest of this
+        # function): a child forked without the fork hooks, with its parent's pipeline, is
+        # caught at its first event, when a batch fills, or at worst DEEP_CHECK events later.
+        if pipeline.pid != os.getpid():
             return _submit_slowly(item)
         wake = buffer._wake
         if not wake.is_set():

@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from faults import FaultServer, Hang
 
+import fiddler_trace
 from fiddler_trace import _pipeline
+from fiddler_trace._buffer import DEEP_CHECK
 from fiddler_trace._event import Event
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
@@ -87,6 +90,65 @@ def test_the_hot_paths_lane_is_the_running_pipelines_buffer_and_only_that(server
     _pipeline.shutdown(10)
     assert _pipeline.lane is None
     assert sorted(e["x"] for e in server.events()) == [1, 2]
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _worker_waits(pipeline: _pipeline.Pipeline) -> bool:
+    """The worker thread is blocked in the wait for its wake-up event."""
+    assert pipeline._thread is not None
+    frame = sys._current_frames().get(pipeline._thread.ident or 0)
+    while frame is not None:
+        if frame.f_code is threading.Event.wait.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.parametrize("path", ["monitor", "submit"])
+def test_past_a_full_batch_every_deep_check_th_event_wakes_the_worker(server, path, monkeypatch):
+    """The worker is woken when a batch starts and when it fills, and does not wait while the
+    queue holds anything: events queued past a full batch are appended without waking it
+    (a function call less on the caller's thread), except every DEEP_CHECK-th. So a wake-up
+    missed (two producers reading the same depth) holds events back for at most DEEP_CHECK
+    more, not for flush_interval. Both paths in: a monitored call, and submit() (the handler)."""
+
+    submitted: list[object] = []
+    submit = _pipeline.submit
+    monkeypatch.setattr(_pipeline, "submit", lambda item: submitted.append(item) or submit(item))
+
+    @fiddler_trace.monitor(MODEL)  # its compiled wrapper calls the submit() of now
+    def predict(x):
+        return {"y": x}
+
+    capture = predict if path == "monitor" else (lambda i: _pipeline.submit(event(i)))
+    _pipeline.configure(enabled=True, url=server.url, token="t", flush_interval=3600.0)
+    capture(0)  # starts the worker: it takes the event into a batch due in an hour, and waits
+    pipeline = _pipeline.current()
+    assert pipeline is not None
+    buffer = pipeline.buffer
+    assert _until(lambda: not buffer.queue and _worker_waits(pipeline))
+    # A missed wake-up: a batch and a tenth queued, none of them waking the worker.
+    buffer.queue.extend(event(i) for i in range(1, 1101))
+    pipeline.wake.clear()
+    check = 3 * DEEP_CHECK  # the first multiple past the depth of 1,100
+    submitted.clear()
+    for i in range(1101, check + 1):  # queued at depths 1,100 to check - 1
+        capture(i)
+    if path == "monitor":
+        assert submitted == []  # appended by the wrapper itself: no function call
+    assert not pipeline.wake.is_set()  # appended straight, none woke the worker
+    assert _worker_waits(pipeline)
+    assert len(buffer.queue) == check
+    capture(check + 1)  # at the depth of a multiple of DEEP_CHECK
+    assert server.wait_for(lambda: len(server.events()) >= 1000)
 
 
 def test_disabled_submit_sends_nothing(server):
