@@ -310,8 +310,7 @@ if pipeline is not None:
     pipeline.wake.set()
     pipeline._thread.join()
     pipeline.running = True  # so that events queue up as if it were still there
-if QUEUED:  # events still queued at the fork
-    parent_ids += capture(4)
+parent_ids += capture(QUEUED)  # events still queued at the fork
 read, write = os.pipe()
 # libc's fork, called with the GIL held, as uWSGI forks: Python's fork hooks do not run.
 pid = ctypes.PyDLL(None).fork()
@@ -319,7 +318,7 @@ if pid == 0:
     os.close(read)
     if UWSGI:
         sys.modules["uwsgi"].post_fork_hook()  # what uWSGI calls in a new worker
-    ids = capture(5)
+    ids = capture(CHILD_EVENTS)
     delivered = fiddler_trace.flush(10)
     os.write(write, (" ".join(ids) + ("" if delivered else " NOT-DELIVERED")).encode())
     os._exit(0)
@@ -346,11 +345,14 @@ def run_enabled(script: str, url: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def run_forking_script(url: str, parent_events: int, queued: bool, uwsgi: bool) -> list[str]:
+def run_forking_script(
+    url: str, parent_events: int, queued: int, uwsgi: bool, child_events: int = 5
+) -> list[str]:
     script = (
         FORK_WITHOUT_HOOKS.replace("PARENT_EVENTS", str(parent_events))
         .replace("QUEUED", str(queued))
         .replace("UWSGI", str(uwsgi))
+        .replace("CHILD_EVENTS", str(child_events))
     )
     done = run_enabled(script, url)
     return [*done.stdout.splitlines(), done.stderr]
@@ -359,7 +361,7 @@ def run_forking_script(url: str, parent_events: int, queued: bool, uwsgi: bool) 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs libc's fork")
 @pytest.mark.parametrize(
     ("parent_events", "queued", "uwsgi"),
-    [(0, False, False), (3, False, False), (3, True, True)],
+    [(0, 0, False), (3, 0, False), (3, 4, True)],
     ids=["idle-parent", "capturing-parent", "uwsgi-parent-with-events-queued"],
 )
 def test_a_fork_that_bypasses_the_hooks_sends_the_childs_events_with_ids_of_its_own(
@@ -372,7 +374,7 @@ def test_a_fork_that_bypasses_the_hooks_sends_the_childs_events_with_ids_of_its_
     parent_line, child_line, _ = run_forking_script(server.url, parent_events, queued, uwsgi)
     parent_ids, child_ids = parent_line.split(), child_line.split()
     assert len(child_ids) == 5, child_line  # NOT-DELIVERED would make it 6
-    assert len(parent_ids) == parent_events + (4 if queued else 0) + 5
+    assert len(parent_ids) == parent_events + queued + 5
     assert not set(parent_ids) & set(child_ids)
     sent = [event["event_id"] for event in server.events()]
     assert sorted(sent) == sorted(parent_ids + child_ids)
@@ -382,12 +384,34 @@ def test_a_fork_that_bypasses_the_hooks_sends_the_childs_events_with_ids_of_its_
 def test_a_fork_without_hooks_noticed_late_says_what_it_may_have_lost(server):
     """Outside uWSGI, a C fork made while the parent had events queued is noticed when the
     child's batch fills or it flushes: the child does not claim delivery, and says why."""
-    parent_line, child_line, stderr = run_forking_script(server.url, 3, True, False)
+    parent_line, child_line, stderr = run_forking_script(server.url, 3, 4, False)
     assert child_line.endswith("NOT-DELIVERED")
     assert "forked without Python's fork hooks" in stderr
     assert len(parent_line.split()) == 3 + 4 + 5
     sent = {event["event_id"] for event in server.events()}
     assert set(parent_line.split()) <= sent
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs libc's fork")
+def test_a_fork_without_hooks_with_a_queue_deeper_than_a_batch_is_caught_within_deep_check(
+    server,
+):
+    """Past a full batch, captured calls append without a look at the pid but once every
+    DEEP_CHECK events: a child forked from C with its parent's queue that deep loses at most
+    that many events to the copied queue (and says so), then sends the rest itself."""
+    queued, child_events = 1100, 600
+    parent_line, child_line, stderr = run_forking_script(server.url, 3, queued, False, child_events)
+    child_ids = child_line.split()
+    assert child_ids[-1] == "NOT-DELIVERED"
+    assert "forked without Python's fork hooks" in stderr
+    first_check = (queued // DEEP_CHECK + 1) * DEEP_CHECK
+    lost = first_check - queued  # the child's events queued below the depth of that check
+    parent_ids = parent_line.split()
+    sent = [event["event_id"] for event in server.events()]
+    # (The lost ones took their ids from the parent's pool, copied: the parent sends those ids
+    # with its own next events. Hence counts, not ids, for them.)
+    assert len(sent) == len(parent_ids) + child_events - lost
+    assert set(child_ids[lost:child_events]) | set(parent_ids) == set(sent)
 
 
 INIT_IN_A_CHILD_FORKED_FROM_C = """
