@@ -175,6 +175,8 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
+            if not self._wake.is_set():  # in case its wake-up was missed (see DEEP_CHECK)
+                self._wake.set()
             if remember_publish(item):
                 next(self._captured)
                 if len(self.dropped_ids) < self.max_events:

@@ -64,8 +64,11 @@ DEFER_LOCK = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # Only the forking thread lives on: the updates deferred by other threads' calls would wait
-    # for events that are never submitted here.
+    global DEFER_LOCK
+    # Only the forking thread lives on: the lock, if another thread held it at the fork, would
+    # never be released here, and the updates deferred by other threads' calls would wait for
+    # events that are never submitted here.
+    DEFER_LOCK = threading.Lock()
     mine = set(_ids.running_ids())
     for event_id in [key for key in DEFERRED if key not in mine]:
         DEFERRED.pop(event_id, None)
@@ -78,18 +81,25 @@ def defer_update(
     running: EventId, changes: dict[str, Any], model_id: Optional[str], column: Optional[str]
 ) -> bool:
     """Keep an update of the call running now (``running``, found by the caller) until the call
-    returns; False when it has returned since (an async call, seen from another thread)."""
+    returns. False when the call has returned since (an async call, seen from another thread)
+    with its event submitted: the update goes out as any other. True when it is kept, or
+    dropped because that call made no event (it raised, or was sampled out), as an update made
+    inside such a call is."""
     with DEFER_LOCK:
-        if _ids.running_id() != running:
-            return False
-        DEFERRED.setdefault(running, []).append((changes, model_id, column))
-        return True
+        if _ids.running_id() == running:
+            DEFERRED.setdefault(running, []).append((changes, model_id, column))
+            return True
+    task = _ids.CURRENT.get()
+    while task is not None and not (task.done and task.event_id == running):
+        task = task.outer
+    return task is not None and not task.sent
 
 
-def end_task_call(entered: object, event_id: Optional[EventId]) -> Optional[Waiting]:
-    """An async or batch call ends (:func:`~fiddler_trace._ids.leave_task`): the updates still
-    waiting for it, which no update() can add to any more."""
-    _ids.leave_task(entered)  # done: an update() that looks from now on finds it so
+def end_task_call(entered: object, event_id: Optional[EventId], sent: bool) -> Optional[Waiting]:
+    """An async or batch call ends (:func:`~fiddler_trace._ids.leave_task`), its event submitted
+    or not (``sent``): the updates still waiting for it, which no update() can add to any
+    more."""
+    _ids.leave_task(entered, sent)  # done: an update() that looks from now on finds it so
     if event_id is None or not (DEFERRED or DEFER_LOCK.locked()):
         return None  # none waits, and no update() is deciding now: no lock for the usual case
     with DEFER_LOCK:  # one deciding now has finished

@@ -5,7 +5,9 @@ unless started with ``--py-call-osafterfork``, runs none of them: it calls its o
 instead (``uwsgi.post_fork_hook``, chained by ``uwsgidecorators.postfork``). In a uWSGI process
 the same hooks are registered there too, so every worker gets its own pipeline and a reseeded id
 source before its first event, whatever its parent had captured or queued. Forks from C anywhere
-else are caught later, when a batch starts or fills (see :func:`fiddler_trace._pipeline.submit`).
+else are caught at the first event if the parent had none queued, else when a batch fills, or
+within ``DEEP_CHECK`` (512) events in a queue deeper than a batch (see
+:func:`fiddler_trace._pipeline.submit`).
 
 Every hook must be safe to run twice: under ``--py-call-osafterfork`` both mechanisms run it.
 """

@@ -174,7 +174,7 @@ def mark_task_wrapper(code: CodeType) -> None:
 class TaskCall:
     """An async or ``batch=True`` call, marked running in its context (:data:`CURRENT`)."""
 
-    __slots__ = ("done", "event_id", "outer", "within")
+    __slots__ = ("done", "event_id", "outer", "sent", "within")
 
     def __init__(
         self,
@@ -189,6 +189,9 @@ class TaskCall:
         self.outer = outer  # the task call running in this context when this one began
         #: The call has returned. A task it started may run on, with this entry in its context.
         self.done = False
+        #: Set before ``done``: the call's event was submitted (False: it raised, was sampled
+        #: out, or its capture failed), for an update() that finds the call over.
+        self.sent = False
 
 
 #: For async and ``batch=True`` calls, which can be suspended: the innermost one running in this
@@ -311,10 +314,12 @@ def enter_task(event_id: Optional[EventId]) -> object:
     return entry, previous
 
 
-def leave_task(entered: object) -> None:
-    """Undo :func:`enter_task`: the call is done, also for the tasks it started (by value, not
-    by token: a coroutine may be driven from more than one context)."""
+def leave_task(entered: object, sent: bool = False) -> None:
+    """Undo :func:`enter_task`: the call is done (its event submitted, or not: ``sent``), also
+    for the tasks it started (by value, not by token: a coroutine may be driven from more than
+    one context)."""
     entry, previous = cast("tuple[TaskCall, Optional[TaskCall]]", entered)
+    entry.sent = sent
     entry.done = True
     CURRENT.set(previous)
 

@@ -386,7 +386,7 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
-            end_task_call(previous, event_id)  # its updates are dropped: there is no event
+            end_task_call(previous, event_id, False)  # its updates are dropped: no event
             if isinstance(error, Exception):  # not cancellation
                 next(_pipeline.STATS.errors)
             set_last(None)
@@ -398,7 +398,7 @@ def _async_wrapper(steps: _Steps) -> Wrapper:
             # as a sync call's do.
             submitted = finish(state, result)
         finally:
-            waiting = end_task_call(previous, event_id)
+            waiting = end_task_call(previous, event_id, submitted)
             if waiting:  # update()s of this event made during the call, now behind it
                 release_updates(event_id, model_id, id_column, submitted, waiting)
         return result

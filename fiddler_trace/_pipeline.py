@@ -411,7 +411,7 @@ def ready() -> bool:
     starts (once per turn of the worker under load): a child forked without the fork hooks
     (uWSGI forks from C) then replaces its parent's pipeline and reseeds its id source before
     its first id, unless its parent had events queued at the fork; :func:`submit` catches that
-    case when a batch fills.
+    case when a batch fills or, in a queue deeper than a batch, within ``DEEP_CHECK`` events.
     """
     pipeline = _current
     if pipeline is not None and pipeline.pid == os.getpid():
@@ -453,7 +453,8 @@ def submit(item: Item) -> bool:
         # fills, and in a deeper queue once every DEEP_CHECK events (see _buffer). The pid is
         # checked at those points only (a system call costs as much as the rest of this
         # function): a child forked without the fork hooks, with its parent's pipeline, is
-        # caught at its first event, when a batch fills, or at worst DEEP_CHECK events later.
+        # caught at its first event if the copied queue is empty (ready()), else when its
+        # batch fills, or, past a full batch, within DEEP_CHECK events.
         if pipeline.pid != os.getpid():
             return _submit_slowly(item)
         wake = buffer._wake

@@ -487,6 +487,47 @@ def test_an_update_from_a_thread_an_async_call_did_not_wait_for_is_sent_after_al
     assert not _capture.DEFERRED
 
 
+def test_an_update_from_such_a_thread_of_a_call_that_raised_meanwhile_is_dropped(collector):
+    """The same race, the call raising instead of returning: it made no event, so the update is
+    dropped silently, as one made inside a call that raises is, not sent or refused as an
+    update of an unknown event."""
+    entered, go_on = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def redact(columns):
+        if "target" in columns:
+            entered.set()
+            go_on.wait(10)
+        return columns
+
+    def label(event_id, columns):
+        try:
+            fiddler_trace.update(event_id, columns)
+        except BaseException as error:
+            errors.append(error)
+
+    fiddler_trace.init(enabled=True, url=collector.url, token="t", redact=redact)
+    threads: list[threading.Thread] = []
+
+    @fiddler_trace.monitor(model_id=MODEL)
+    async def predict_and_label(x):
+        context = contextvars.copy_context()
+        update = (label, fiddler_trace.current_event_id(), {"target": x})
+        threads.append(threading.Thread(target=context.run, args=update))
+        threads[0].start()
+        assert entered.wait(10)
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(predict_and_label(7))
+    go_on.set()
+    threads[0].join(10)
+    assert fiddler_trace.flush(10)
+    assert errors == []
+    assert collector.updates(MODEL) == []
+    assert not _capture.DEFERRED
+
+
 def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, monkeypatch):
     """The other order of the race above: the update() from the thread has found the call
     running and holds the lock, about to wait for the call, as the call ends. The end waits for

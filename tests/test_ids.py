@@ -9,6 +9,7 @@ import gc
 import inspect
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -491,6 +492,38 @@ def test_the_worker_keeps_ids_drawn_ahead():
         fiddler_trace.shutdown()
     assert stored[-1] == _ids.format_event_id(taken)
     assert uuid.UUID(stored[-1]).version == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_another_thread_decides_on_an_update_leaves_the_child_a_free_lock():
+    """A thread inside update()'s deferral (it holds the lock for a moment) when the process
+    forks does not exist in the child: the child gets a lock of its own, or its async
+    monitored calls would wait for that one forever as they end."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _capture.DEFER_LOCK:
+            holding.set()
+            release.wait(10)
+
+    @monitor(MODEL)
+    async def predict(x):
+        return x
+
+    def in_child() -> str:
+        signal.alarm(10)  # a hang here ends the child without its report
+        with testing.capture() as events:
+            asyncio.run(predict(1))
+        return f"{len(events)} {_capture.DEFER_LOCK.locked()}"
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        assert in_forked_child(in_child) == "1 False"
+    finally:
+        release.set()
+        holder.join(10)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

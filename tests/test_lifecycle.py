@@ -151,6 +151,37 @@ def test_past_a_full_batch_every_deep_check_th_event_wakes_the_worker(server, pa
     assert server.wait_for(lambda: len(server.events()) >= 1000)
 
 
+def test_a_full_buffer_wakes_a_worker_that_missed_its_wake_up(server):
+    """With a queue limit below the next DEEP_CHECK past a batch, a full buffer is what wakes a
+    worker whose wake-up was missed: the event it drops does; the worker sends the full batch,
+    and the next events are taken again."""
+
+    @fiddler_trace.monitor(MODEL)
+    def predict(x):
+        return {"y": x}
+
+    _pipeline.configure(
+        enabled=True,
+        url=server.url,
+        token="t",
+        flush_interval=3600.0,
+        batch_size=40,
+        max_queue_size=50,
+    )
+    predict(0)  # starts the worker: it takes the event into a batch due in an hour, and waits
+    pipeline = _pipeline.current()
+    assert pipeline is not None
+    buffer = pipeline.buffer
+    assert _until(lambda: not buffer.queue and _worker_waits(pipeline))
+    buffer.queue.extend(event(i) for i in range(1, 50))  # past a batch, no wake-up: now full
+    pipeline.wake.clear()
+    predict(50)
+    assert fiddler_trace.stats()["dropped"] == 1
+    assert _until(lambda: fiddler_trace.stats()["sent"] == 40)  # the drop woke the worker
+    predict(51)
+    assert fiddler_trace.stats()["dropped"] == 1  # taken again
+
+
 def test_disabled_submit_sends_nothing(server):
     """With the library off, submit keeps nothing and starts nothing."""
     _pipeline.configure(enabled=False)
