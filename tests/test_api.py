@@ -4,9 +4,9 @@ through the local collector, in process and in a subprocess configured only by e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime as dt
-import functools
 import logging
 import os
 import subprocess
@@ -14,7 +14,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -455,76 +456,69 @@ def test_an_update_made_inside_its_own_call_follows_the_event(collector):
     assert seen == [0]
 
 
-def test_an_update_from_a_thread_an_async_call_did_not_wait_for_is_sent_after_all(collector):
-    """An async call's context reaches a thread it starts and does not wait for. An update()
-    there that finds the call running, then is held up (here: in the redactor) until the call
-    has returned, is sent as any update, not left waiting for a call that has ended."""
-    entered, go_on = threading.Event(), threading.Event()
+def update_from_a_thread(columns: dict[str, Any], errors: list[BaseException]) -> threading.Thread:
+    """Inside an async monitored call: start a thread that updates the call's event with
+    ``columns``, in a copy of the call's context (as ``to_thread`` does), and that the call does
+    not wait for; what update() raises there goes to ``errors``."""
+    event_id = fiddler_trace.current_event_id()
 
-    def redact(columns):
-        if "target" in columns:  # the update's, not the event's
-            entered.set()
-            go_on.wait(10)
-        return columns
-
-    fiddler_trace.init(enabled=True, url=collector.url, token="t", redact=redact)
-    threads: list[threading.Thread] = []
-
-    @fiddler_trace.monitor(model_id=MODEL)
-    async def predict_and_label(x):
-        label = functools.partial(fiddler_trace.update, fiddler_trace.current_event_id())
-        context = contextvars.copy_context()
-        threads.append(threading.Thread(target=context.run, args=(label, {"target": x})))
-        threads[0].start()
-        assert entered.wait(10)  # the update found this call running
-        return {"y": x}
-
-    asyncio.run(predict_and_label(7))
-    go_on.set()
-    threads[0].join(10)
-    assert fiddler_trace.flush(10)
-    assert collector.events(MODEL)[0]["target"] == 7
-    assert not _capture.DEFERRED
-
-
-def test_an_update_from_such_a_thread_of_a_call_that_raised_meanwhile_is_dropped(collector):
-    """The same race, the call raising instead of returning: it made no event, so the update is
-    dropped silently, as one made inside a call that raises is, not sent or refused as an
-    update of an unknown event."""
-    entered, go_on = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    def redact(columns):
-        if "target" in columns:
-            entered.set()
-            go_on.wait(10)
-        return columns
-
-    def label(event_id, columns):
+    def label() -> None:
         try:
             fiddler_trace.update(event_id, columns)
         except BaseException as error:
             errors.append(error)
 
-    fiddler_trace.init(enabled=True, url=collector.url, token="t", redact=redact)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(label,))
+    thread.start()
+    return thread
+
+
+def redactor_holding_updates() -> tuple[Callable[[Any], Any], threading.Event, threading.Event]:
+    """A redactor that holds an update (columns with ``target``) back, after update() found
+    its call running: ``(redact, entered, go_on)``; events pass through."""
+    entered, go_on = threading.Event(), threading.Event()
+
+    def redact(columns: Any) -> Any:
+        if "target" in columns:
+            entered.set()
+            go_on.wait(10)
+        return columns
+
+    return redact, entered, go_on
+
+
+@pytest.mark.parametrize("outcome", ["returns", "raises"])
+def test_an_update_from_a_thread_an_async_call_did_not_wait_for_after_the_call_ended(
+    collector, outcome
+):
+    """An async call's context reaches a thread it starts and does not wait for. An update()
+    there that finds the call running, then is held up (here: in the redactor) until the call
+    has ended, is not left waiting for a call that is over: it is sent as any update if the
+    call made its event, and dropped silently if it raised (as one made inside a call that
+    raises is), not refused as an update of an unknown event."""
+    redact, entered, go_on = redactor_holding_updates()
+    errors: list[BaseException] = []
     threads: list[threading.Thread] = []
+    fiddler_trace.init(enabled=True, url=collector.url, token="t", redact=redact)
 
     @fiddler_trace.monitor(model_id=MODEL)
     async def predict_and_label(x):
-        context = contextvars.copy_context()
-        update = (label, fiddler_trace.current_event_id(), {"target": x})
-        threads.append(threading.Thread(target=context.run, args=update))
-        threads[0].start()
-        assert entered.wait(10)
-        raise RuntimeError("model failed")
+        threads.append(update_from_a_thread({"target": x}, errors))
+        assert entered.wait(10)  # the update found this call running
+        if outcome == "raises":
+            raise RuntimeError("model failed")
+        return {"y": x}
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError) if outcome == "raises" else contextlib.nullcontext():
         asyncio.run(predict_and_label(7))
     go_on.set()
     threads[0].join(10)
     assert fiddler_trace.flush(10)
     assert errors == []
-    assert collector.updates(MODEL) == []
+    if outcome == "returns":
+        assert collector.events(MODEL)[0]["target"] == 7
+    else:
+        assert collector.updates(MODEL) == []
     assert not _capture.DEFERRED
 
 
@@ -555,16 +549,13 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
 
     monkeypatch.setattr(_ids, "running_id", running_id_then_pause)
     fiddler_trace.init(enabled=True, url=collector.url, token="t")
-    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=release_once_the_end_waits)]
 
     @fiddler_trace.monitor(model_id=MODEL)
     async def predict_and_label(x):
-        label = functools.partial(fiddler_trace.update, fiddler_trace.current_event_id())
-        context = contextvars.copy_context()
-        threads.append(threading.Thread(target=context.run, args=(label, {"target": x})))
-        threads.append(threading.Thread(target=release_once_the_end_waits))
-        for thread in threads:
-            thread.start()
+        threads[0].start()
+        threads.append(update_from_a_thread({"target": x}, errors))
         assert checking.wait(10)  # the update() holds the lock, the call still running
         return {"y": x}
 
@@ -572,6 +563,7 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
     for thread in threads:
         thread.join(10)
     assert fiddler_trace.flush(10)
+    assert errors == []
     assert collector.events(MODEL)[0]["target"] == 7
     assert not _capture.DEFERRED
 
