@@ -39,7 +39,11 @@ __all__ = ["DEEP_CHECK", "BatchBuffer", "Item", "Refusal", "remember_publish"]
 #: this many events, a power of two (the hot path tests ``depth & DEEP_CHECK - 1``). The worker
 #: was woken when the batch filled and does not wait while the queue holds anything, so this
 #: only bounds what a missed wake-up (two producers reading the same depth) can hold back; a
-#: test on every event cost each call in a burst a function call (~1,000 instructions).
+#: test on every event cost each call in a burst a function call (~1,000 instructions). A full
+#: buffer does not wake the worker: during an outage that made it step once per few hundred
+#: dropped events and doubled their cost; a missed wake-up in a buffer too small to reach the
+#: next check waits for the worker's own timer (``flush_interval``), as one missed at depth 0
+#: always did.
 DEEP_CHECK = 512
 #: A publish (an :class:`Event` or a plain tuple of its fields) or an update.
 Item = Union[Event, tuple, Update]
@@ -175,8 +179,6 @@ class BatchBuffer:
         queue = self.queue
         if len(queue) + self.outstanding >= self.max_events:
             next(self._dropped)
-            if not self._wake.is_set():  # in case its wake-up was missed (see DEEP_CHECK)
-                self._wake.set()
             if remember_publish(item):
                 next(self._captured)
                 if len(self.dropped_ids) < self.max_events:

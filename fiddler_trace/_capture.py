@@ -96,9 +96,8 @@ def defer_update(
 
 
 def end_task_call(entered: object, event_id: Optional[EventId], sent: bool) -> Optional[Waiting]:
-    """An async or batch call ends (:func:`~fiddler_trace._ids.leave_task`), its event submitted
-    or not (``sent``): the updates still waiting for it, which no update() can add to any
-    more."""
+    """An async call ends (:func:`~fiddler_trace._ids.leave_task`), its event submitted or not
+    (``sent``): the updates still waiting for it, which no update() can add to any more."""
     _ids.leave_task(entered, sent)  # done: an update() that looks from now on finds it so
     if event_id is None or not (DEFERRED or DEFER_LOCK.locked()):
         return None  # none waits, and no update() is deciding now: no lock for the usual case

@@ -18,6 +18,7 @@ import fiddler_trace
 from fiddler_trace import _pipeline
 from fiddler_trace._buffer import DEEP_CHECK
 from fiddler_trace._event import Event
+from fiddler_trace._stats import read_count
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
 
@@ -151,35 +152,22 @@ def test_past_a_full_batch_every_deep_check_th_event_wakes_the_worker(server, pa
     assert server.wait_for(lambda: len(server.events()) >= 1000)
 
 
-def test_a_full_buffer_wakes_a_worker_that_missed_its_wake_up(server):
-    """With a queue limit below the next DEEP_CHECK past a batch, a full buffer is what wakes a
-    worker whose wake-up was missed: the event it drops does; the worker sends the full batch,
-    and the next events are taken again."""
-
-    @fiddler_trace.monitor(MODEL)
-    def predict(x):
-        return {"y": x}
-
+def test_an_event_dropped_by_a_full_buffer_leaves_the_worker_waiting(server):
+    """A full buffer drops new events without waking the worker: during an outage it waits out
+    its backoff, and a wake-up per drop made it step every few hundred drops and doubled the
+    cost of each dropped call (measured)."""
     _pipeline.configure(
-        enabled=True,
-        url=server.url,
-        token="t",
-        flush_interval=3600.0,
-        batch_size=40,
-        max_queue_size=50,
+        enabled=True, url=server.url, token="t", flush_interval=3600.0, max_queue_size=5
     )
-    predict(0)  # starts the worker: it takes the event into a batch due in an hour, and waits
+    for i in range(5):  # batched, due in an hour: the buffer is full
+        _pipeline.submit(event(i))
     pipeline = _pipeline.current()
     assert pipeline is not None
-    buffer = pipeline.buffer
-    assert _until(lambda: not buffer.queue and _worker_waits(pipeline))
-    buffer.queue.extend(event(i) for i in range(1, 50))  # past a batch, no wake-up: now full
+    assert _until(lambda: pipeline.buffer.outstanding == 5 and _worker_waits(pipeline))
     pipeline.wake.clear()
-    predict(50)
-    assert fiddler_trace.stats()["dropped"] == 1
-    assert _until(lambda: fiddler_trace.stats()["sent"] == 40)  # the drop woke the worker
-    predict(51)
-    assert fiddler_trace.stats()["dropped"] == 1  # taken again
+    assert not _pipeline.submit(event(5))
+    assert read_count(_pipeline.STATS.dropped) == 1
+    assert not pipeline.wake.is_set()
 
 
 def test_disabled_submit_sends_nothing(server):
