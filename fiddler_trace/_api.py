@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from fiddler_trace import _pipeline
-from fiddler_trace._capture import apply_redact, defer_update, describe, report
+from fiddler_trace._capture import apply_redact, defer_update, describe, report, running_call_of
 from fiddler_trace._client import EventsClient, TimeBound, delete_bodies
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
@@ -15,10 +15,8 @@ from fiddler_trace._event import Update
 from fiddler_trace._ids import (
     RECENT,
     current_event_id,
-    id_text,
     last_event_id,
     last_event_ids,
-    running_id,
 )
 from fiddler_trace._wire import MAX_DELETE_IDS, Job, check_model_id
 
@@ -100,10 +98,10 @@ def update(
     if not _pipeline.capturing:
         return
     changes: Optional[dict[str, Any]] = None
-    running = running_id()
-    if running is not None and id_text(running) == event_id:
-        # Inside the monitored call of this very event: its event is submitted when the call
-        # returns, and this update must not overtake it.
+    running = running_call_of(event_id)
+    if running is not None:
+        # Inside the monitored call of this very event, or a call within it: its event is
+        # submitted when that call returns, and this update must not overtake it.
         changes = _redacted(dict(columns), settings)
         if changes is None or defer_update(running, changes, model_id, event_id_column):
             return

@@ -238,16 +238,13 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         previous = enter_task(None)  # rows get their ids after the call
         try:
             result = wrapped(*args, **kwargs)
-        except BaseException as error:
-            leave_task(previous)
-            if isinstance(error, Exception):  # not cancellation
-                next(_pipeline.STATS.errors)
-                LAST.set(None)
+        except Exception:
+            next(_pipeline.STATS.errors)
+            LAST.set(None)
             raise
-        try:  # still running: the host's callables see a batch call, with no id
-            LAST.set(finish(state, result))
         finally:
             leave_task(previous)
+        LAST.set(finish(state, result))
         return result
 
     async def run(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -257,16 +254,13 @@ def wrapper(capture: Capture, plan: CallPlan, is_async: bool) -> Wrapper:
         previous = enter_task(None)
         try:
             result = await wrapped(*args, **kwargs)
-        except BaseException as error:
-            leave_task(previous)
-            if isinstance(error, Exception):  # not cancellation
-                next(_pipeline.STATS.errors)
-                LAST.set(None)
+        except Exception:
+            next(_pipeline.STATS.errors)
+            LAST.set(None)
             raise
-        try:  # still running: the host's callables see a batch call, with no id
-            LAST.set(finish(state, result))
         finally:
             leave_task(previous)
+        LAST.set(finish(state, result))
         return result
 
     mark_task_wrapper(call_sync.__code__)  # they mark CURRENT as running

@@ -37,6 +37,7 @@ __all__ = [
     "release_updates",
     "remember",
     "report",
+    "running_call_of",
 ]
 
 logger = logging.getLogger("fiddler_trace")
@@ -56,19 +57,22 @@ Waiting = list[tuple[dict[str, Any], Optional[str], Optional[str]]]
 #: Held while an update() finds its call still running and adds to :data:`DEFERRED`. An async
 #: call's context, and so its running mark, can reach another thread (``to_thread``, an
 #: executor) that the call does not wait for: when the call ends, it is marked done first, then
-#: its waiting updates are taken under this lock if one waits or an update() holds the lock; an
-#: update() there so either waits for the call's end or finds the call done and goes out as any
-#: other, never after the end took the waiting ones. A sync call can only be found running by
-#: its own thread: it needs no lock. Never held while host code runs.
-DEFER_LOCK = threading.Lock()
+#: its waiting updates are taken under this lock if one waits or an update() is deciding
+#: (:data:`_deciding`); an update() there so either waits for the call's end or finds the call
+#: done and goes out as any other, never after the end took the waiting ones. Re-entrant: the
+#: garbage collector may close a suspended monitored coroutine on a thread holding it, and that
+#: call's end takes it again. Never held while host code runs.
+DEFER_LOCK = threading.RLock()
+#: How many update()s are inside :data:`DEFER_LOCK` (changed only under it).
+_deciding = 0
 
 
 def _after_fork_in_child() -> None:
-    global DEFER_LOCK
+    global DEFER_LOCK, _deciding
     # Only the forking thread lives on: the lock, if another thread held it at the fork, would
     # never be released here, and the updates deferred by other threads' calls would wait for
     # events that are never submitted here.
-    DEFER_LOCK = threading.Lock()
+    DEFER_LOCK, _deciding = threading.RLock(), 0
     mine = set(_ids.running_ids())
     for event_id in [key for key in DEFERRED if key not in mine]:
         DEFERRED.pop(event_id, None)
@@ -77,18 +81,32 @@ def _after_fork_in_child() -> None:
 _forks.in_child(_after_fork_in_child)
 
 
+def running_call_of(event_id: str) -> Optional[EventId]:
+    """The id of a monitored call running in this thread or task, the innermost or any around
+    it, whose event is ``event_id``; None when there is none. Walks the caller's stack."""
+    for running in _ids.running_ids():
+        if id_text(running) == event_id:
+            return running
+    return None
+
+
 def defer_update(
     running: EventId, changes: dict[str, Any], model_id: Optional[str], column: Optional[str]
 ) -> bool:
-    """Keep an update of the call running now (``running``, found by the caller) until the call
+    """Keep an update of a call running now (``running``, found by the caller) until the call
     returns. False when the call has returned since (an async call, seen from another thread)
     with its event submitted: the update goes out as any other. True when it is kept, or
     dropped because that call made no event (it raised, or was sampled out), as an update made
     inside such a call is."""
+    global _deciding
     with DEFER_LOCK:
-        if _ids.running_id() == running:
-            DEFERRED.setdefault(running, []).append((changes, model_id, column))
-            return True
+        _deciding += 1
+        try:
+            if running in _ids.running_ids():
+                DEFERRED.setdefault(running, []).append((changes, model_id, column))
+                return True
+        finally:
+            _deciding -= 1
     task = _ids.CURRENT.get()
     while task is not None and not (task.done and task.event_id == running):
         task = task.outer
@@ -99,7 +117,7 @@ def end_task_call(entered: object, event_id: Optional[EventId], sent: bool) -> O
     """An async call ends (:func:`~fiddler_trace._ids.leave_task`), its event submitted or not
     (``sent``): the updates still waiting for it, which no update() can add to any more."""
     _ids.leave_task(entered, sent)  # done: an update() that looks from now on finds it so
-    if event_id is None or not (DEFERRED or DEFER_LOCK.locked()):
+    if event_id is None or not (DEFERRED or _deciding):
         return None  # none waits, and no update() is deciding now: no lock for the usual case
     with DEFER_LOCK:  # one deciding now has finished
         return DEFERRED.pop(event_id, None)

@@ -527,14 +527,16 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
     running and holds the lock, about to wait for the call, as the call ends. The end waits for
     the lock, then sends that update behind the event."""
     checking, go_on = threading.Event(), threading.Event()
-    real_running_id = _ids.running_id
-    main = threading.get_ident()
+    real_running_ids = _ids.running_ids
+    main, looks = threading.get_ident(), []
 
-    def running_id_then_pause():  # in update(), under the lock
-        found = real_running_id()
+    def running_ids_then_pause():  # in update(): the second look is the one under the lock
+        found = real_running_ids()
         if threading.get_ident() != main:
-            checking.set()
-            go_on.wait(10)
+            looks.append(1)
+            if len(looks) == 2:
+                checking.set()
+                go_on.wait(10)
         return found
 
     def release_once_the_end_waits() -> None:
@@ -547,7 +549,7 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
             time.sleep(0.001)
         go_on.set()
 
-    monkeypatch.setattr(_ids, "running_id", running_id_then_pause)
+    monkeypatch.setattr(_ids, "running_ids", running_ids_then_pause)
     fiddler_trace.init(enabled=True, url=collector.url, token="t")
     errors: list[BaseException] = []
     threads = [threading.Thread(target=release_once_the_end_waits)]
@@ -566,6 +568,93 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
     assert errors == []
     assert collector.events(MODEL)[0]["target"] == 7
     assert not _capture.DEFERRED
+
+
+GARBAGE_COLLECTED_INSIDE_THE_LOCK = """
+import contextvars, gc
+import fiddler_trace
+from fiddler_trace import _ids, testing
+
+MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
+
+class Suspend:
+    def __await__(self):
+        yield
+
+@fiddler_trace.monitor(model_id=MODEL)
+async def pending(x):
+    await Suspend()  # never resumed: a task dropped while it waits
+    return {"y": x}
+
+def abandon():
+    coroutine = pending(1)
+    contextvars.copy_context().run(coroutine.send, None)  # the call runs, suspended
+    cycle = [coroutine]
+    cycle.append(cycle)  # from here only the garbage collector frees it
+
+real_running_ids, looks = _ids.running_ids, []
+
+def running_ids():
+    looks.append(1)
+    if len(looks) == 1:  # update() looks for its call
+        abandon()
+    else:  # inside the lock: a collection, as any allocation there may start
+        gc.collect()
+    return real_running_ids()
+
+_ids.running_ids = running_ids
+
+@fiddler_trace.monitor(model_id=MODEL)
+def predict(x):
+    fiddler_trace.update(fiddler_trace.current_event_id(), {"target": x})
+    return {"y": x}
+
+with testing.capture() as events:
+    predict(7)
+print(len(events), events.updates[0]["target"])
+"""
+
+
+def test_a_monitored_coroutine_collected_inside_the_update_lock_ends_without_a_deadlock():
+    """The garbage collector can run on a thread that holds the lock update() decides under,
+    and close a suspended monitored coroutine there, whose end takes that lock too: it must
+    not wait for its own thread. (A subprocess: a deadlock would hang the test run.)"""
+    done = subprocess.run(
+        [sys.executable, "-c", GARBAGE_COLLECTED_INSIDE_THE_LOCK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "7"]
+
+
+@pytest.mark.parametrize("model_given", [False, True])
+def test_an_update_of_an_enclosing_calls_event_from_a_call_inside_it_waits_for_it(model_given):
+    """Inside a monitored call run by another one (here a sync helper run with to_thread by an
+    async call), an update() of the outer call's event waits for that event, as one made in the
+    outer call itself does: not refused as unknown, and never queued ahead of the publish."""
+    model = {"model_id": MODEL} if model_given else {}
+
+    @monitor(MODEL)
+    def postprocess(event_id, x):
+        fiddler_trace.update(event_id, {"target": x}, **model)
+        return {"z": x}
+
+    @monitor(MODEL)
+    async def predict_and_label(x):
+        await asyncio.to_thread(postprocess, fiddler_trace.current_event_id(), x)
+        return {"y": x}
+
+    kinds: list[str] = []
+    with testing.capture() as events:
+        keep = _pipeline.install_sink(None)
+        assert keep is not None
+        _pipeline.install_sink(lambda item: kinds.append(type(item).__name__) or keep(item))
+        asyncio.run(predict_and_label(7))
+    assert kinds[-1] == "Update"  # after both publishes
+    outer = next(row for row in events if "y" in row)
+    assert events.updates == [{"target": 7, "event_id": outer["event_id"]}]
 
 
 def test_an_update_made_inside_a_call_that_raises_is_dropped():

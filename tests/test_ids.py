@@ -145,10 +145,11 @@ def test_sync_and_async_calls_nested_either_way_each_see_the_innermost_id(frozen
     assert fiddler_trace.current_event_id() is None
 
 
-def test_the_hosts_callables_see_their_own_call_running_in_every_kind_of_call():
+def test_the_hosts_callables_see_their_own_call_running_in_sync_and_async_calls():
     """outputs= and metadata= run at the end of the call, still inside it: current_event_id()
-    there is the id of that call's event (None for a batch call), for sync, async and batch
-    calls alike, also when the call is nested in another monitored call."""
+    there is the id of that call's event, for sync and async calls alike, also when the call is
+    nested in another monitored call. A batch call's rows get their ids after its callables
+    ran: those see the call around it, whose events an update() there may name."""
     seen: list[tuple[str, str, Any]] = []
 
     def watched(kind: str) -> dict[str, Any]:
@@ -193,7 +194,8 @@ def test_the_hosts_callables_see_their_own_call_running_in_every_kind_of_call():
     for kind, score in (("sync", 1), ("async", 2)):
         for step in ("outputs", "metadata"):
             assert [seen_id for k, s, seen_id in seen if (k, s) == (kind, step)] == ids[score]
-    assert [seen_id for k, _, seen_id in seen if k == "batch"] == [None] * 4
+    outer_id = next(row["event_id"] for row, model in zip(events, events.models) if model == MODEL)
+    assert [seen_id for k, _, seen_id in seen if k == "batch"] == [None, None, outer_id, outer_id]
 
 
 def test_a_sync_call_of_another_thread_is_not_current_here():
@@ -501,10 +503,12 @@ def test_a_fork_while_another_thread_decides_on_an_update_leaves_the_child_a_fre
     monitored calls would wait for that one forever as they end."""
     holding, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
+    def hold() -> None:  # as update() does while it decides
         with _capture.DEFER_LOCK:
+            _capture._deciding += 1
             holding.set()
             release.wait(10)
+            _capture._deciding -= 1
 
     @monitor(MODEL)
     async def predict(x):
@@ -514,13 +518,13 @@ def test_a_fork_while_another_thread_decides_on_an_update_leaves_the_child_a_fre
         signal.alarm(10)  # a hang here ends the child without its report
         with testing.capture() as events:
             asyncio.run(predict(1))
-        return f"{len(events)} {_capture.DEFER_LOCK.locked()}"
+        return f"{len(events)} {_capture._deciding}"
 
     holder = threading.Thread(target=hold)
     holder.start()
     try:
         assert holding.wait(10)
-        assert in_forked_child(in_child) == "1 False"
+        assert in_forked_child(in_child) == "1 0"
     finally:
         release.set()
         holder.join(10)
