@@ -6,8 +6,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from fiddler_trace import _pipeline
-from fiddler_trace._capture import apply_redact, defer_update, describe, report, running_call_of
+from fiddler_trace import _ids, _pipeline
+from fiddler_trace._capture import apply_redact, defer_update, describe, report
 from fiddler_trace._client import EventsClient, TimeBound, delete_bodies
 from fiddler_trace._config import Settings
 from fiddler_trace._errors import ConfigurationError
@@ -98,7 +98,7 @@ def update(
     if not _pipeline.capturing:
         return
     changes: Optional[dict[str, Any]] = None
-    running = running_call_of(event_id)
+    running = _ids.running_call_of(event_id)
     if running is not None:
         # Inside the monitored call of this very event, or a call within it: its event is
         # submitted when that call returns, and this update must not overtake it.

@@ -37,7 +37,6 @@ __all__ = [
     "release_updates",
     "remember",
     "report",
-    "running_call_of",
 ]
 
 logger = logging.getLogger("fiddler_trace")
@@ -81,28 +80,20 @@ def _after_fork_in_child() -> None:
 _forks.in_child(_after_fork_in_child)
 
 
-def running_call_of(event_id: str) -> Optional[EventId]:
-    """The id of a monitored call running in this thread or task, the innermost or any around
-    it, whose event is ``event_id``; None when there is none. Walks the caller's stack."""
-    for running in _ids.running_ids():
-        if id_text(running) == event_id:
-            return running
-    return None
-
-
 def defer_update(
     running: EventId, changes: dict[str, Any], model_id: Optional[str], column: Optional[str]
 ) -> bool:
-    """Keep an update of a call running now (``running``, found by the caller) until the call
-    returns. False when the call has returned since (an async call, seen from another thread)
-    with its event submitted: the update goes out as any other. True when it is kept, or
-    dropped because that call made no event (it raised, or was sampled out), as an update made
-    inside such a call is."""
+    """Keep an update of the event of a call that was running (``running``, found by the caller
+    with :func:`~fiddler_trace._ids.running_call_of`), until the call returns. False when the
+    call has returned since (an async call, seen from another thread) with its event
+    submitted: the update goes out as any other. True when it is kept, or dropped because that
+    call made no event (it raised, or was sampled out), as an update made inside such a call
+    is."""
     global _deciding
     with DEFER_LOCK:
         _deciding += 1
         try:
-            if running in _ids.running_ids():
+            if _ids.running_call_of(running) is not None:  # by the id itself: no formatting
                 DEFERRED.setdefault(running, []).append((changes, model_id, column))
                 return True
         finally:

@@ -63,6 +63,7 @@ __all__ = [
     "new_event_id",
     "refill_ids",
     "reset",
+    "running_call_of",
     "running_id",
     "running_ids",
     "seed",
@@ -288,6 +289,28 @@ def running_ids() -> list[EventId]:
             ids.append(task.event_id)
         task = task.outer
     return ids
+
+
+def running_call_of(event_id: Union[str, EventId]) -> Optional[EventId]:
+    """The id of a monitored call running in this thread or task, the innermost or any around
+    it, whose event is ``event_id`` (its string, or the id itself); None when there is none.
+    The task calls first (no stack walk), then the stack up to the first match: an update() of
+    the call it is made in walks no further than :func:`running_id` does."""
+    text = type(event_id) is str
+    task = _undone(CURRENT.get())
+    while task is not None:
+        running = task.event_id
+        found_it = running is not None and (id_text(running) if text else running) == event_id
+        if found_it and not task.done:
+            return running
+        task = task.outer
+    found = _next_call(sys._getframe(1))
+    while found is not None:
+        frame, running = found
+        if running is not None and (id_text(running) if text else running) == event_id:
+            return running
+        found = _next_call(frame.f_back)
+    return None
 
 
 def enter_task(event_id: Optional[EventId]) -> object:

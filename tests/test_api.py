@@ -527,11 +527,11 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
     running and holds the lock, about to wait for the call, as the call ends. The end waits for
     the lock, then sends that update behind the event."""
     checking, go_on = threading.Event(), threading.Event()
-    real_running_ids = _ids.running_ids
+    real_running_call_of = _ids.running_call_of
     main, looks = threading.get_ident(), []
 
-    def running_ids_then_pause():  # in update(): the second look is the one under the lock
-        found = real_running_ids()
+    def running_call_of_then_pause(event_id):  # in update(): the second look is under the lock
+        found = real_running_call_of(event_id)
         if threading.get_ident() != main:
             looks.append(1)
             if len(looks) == 2:
@@ -549,7 +549,7 @@ def test_an_async_call_ending_while_an_update_decides_waits_for_it(collector, mo
             time.sleep(0.001)
         go_on.set()
 
-    monkeypatch.setattr(_ids, "running_ids", running_ids_then_pause)
+    monkeypatch.setattr(_ids, "running_call_of", running_call_of_then_pause)
     fiddler_trace.init(enabled=True, url=collector.url, token="t")
     errors: list[BaseException] = []
     threads = [threading.Thread(target=release_once_the_end_waits)]
@@ -592,17 +592,17 @@ def abandon():
     cycle = [coroutine]
     cycle.append(cycle)  # from here only the garbage collector frees it
 
-real_running_ids, looks = _ids.running_ids, []
+real_running_call_of, looks = _ids.running_call_of, []
 
-def running_ids():
+def running_call_of(event_id):
     looks.append(1)
     if len(looks) == 1:  # update() looks for its call
         abandon()
     else:  # inside the lock: a collection, as any allocation there may start
         gc.collect()
-    return real_running_ids()
+    return real_running_call_of(event_id)
 
-_ids.running_ids = running_ids
+_ids.running_call_of = running_call_of
 
 @fiddler_trace.monitor(model_id=MODEL)
 def predict(x):
