@@ -49,10 +49,12 @@ _REPORT_EVERY = 60.0  # seconds between two warnings of one kind
 _reported: dict[str, float] = {}
 
 
-#: Updates made inside the monitored call of their own event, by event id: that event is
-#: submitted only when the call returns, so they wait for it here (see :func:`release_updates`).
-DEFERRED: dict[EventId, list[tuple[dict[str, Any], Optional[str], Optional[str]]]] = {}
+#: The updates waiting for one call: ``(columns, model_id, id column)`` each.
 Waiting = list[tuple[dict[str, Any], Optional[str], Optional[str]]]
+#: Updates made inside the monitored call of their own event (or a call within it), by event
+#: id: that event is submitted only when the call returns, so they wait for it here (see
+#: :func:`release_updates`).
+DEFERRED: dict[EventId, Waiting] = {}
 #: Held while an update() finds its call still running and adds to :data:`DEFERRED`. An async
 #: call's context, and so its running mark, can reach another thread (``to_thread``, an
 #: executor) that the call does not wait for: when the call ends, it is marked done first, then

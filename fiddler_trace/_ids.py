@@ -28,6 +28,7 @@ import random
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from itertools import repeat
 from types import CodeType, FrameType
 from typing import Optional, Union, cast
@@ -276,41 +277,35 @@ def _undone(task: Optional[TaskCall]) -> Optional[TaskCall]:
 
 def running_ids() -> list[EventId]:
     """The ids of every monitored call running in this thread or task (for the fork hook)."""
-    ids: list[EventId] = []
-    found = _next_call(sys._getframe(1))
-    while found is not None:
-        frame, event_id = found
-        if event_id is not None:
-            ids.append(event_id)
-        found = _next_call(frame.f_back)
-    task = _undone(CURRENT.get())
-    while task is not None:
-        if task.event_id is not None and not task.done:
-            ids.append(task.event_id)
-        task = task.outer
-    return ids
+    return list(_running_calls(sys._getframe(1)))
 
 
 def running_call_of(event_id: Union[str, EventId]) -> Optional[EventId]:
     """The id of a monitored call running in this thread or task, the innermost or any around
     it, whose event is ``event_id`` (its string, or the id itself); None when there is none.
-    The task calls first (no stack walk), then the stack up to the first match: an update() of
-    the call it is made in walks no further than :func:`running_id` does."""
+    Stops at the first match: an update() of the call it is made in walks no further than
+    :func:`running_id` does."""
     text = type(event_id) is str
+    for running in _running_calls(sys._getframe(1)):
+        if (id_text(running) if text else running) == event_id:
+            return running
+    return None
+
+
+def _running_calls(frame: Optional[FrameType]) -> Iterator[EventId]:
+    """The ids of the monitored calls running in this thread or task: the task calls not done
+    (no stack walk), then the sync calls on the stack from ``frame`` up."""
     task = _undone(CURRENT.get())
     while task is not None:
-        running = task.event_id
-        found_it = running is not None and (id_text(running) if text else running) == event_id
-        if found_it and not task.done:
-            return running
+        if task.event_id is not None and not task.done:
+            yield task.event_id
         task = task.outer
-    found = _next_call(sys._getframe(1))
+    found = _next_call(frame)
     while found is not None:
-        frame, running = found
-        if running is not None and (id_text(running) if text else running) == event_id:
-            return running
+        frame, event_id = found
+        if event_id is not None:
+            yield event_id
         found = _next_call(frame.f_back)
-    return None
 
 
 def enter_task(event_id: Optional[EventId]) -> object:
