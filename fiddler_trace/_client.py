@@ -22,6 +22,7 @@ import orjson
 
 from fiddler_trace import _wire
 from fiddler_trace._encode import dumps
+from fiddler_trace._transport import EventsTransport
 from fiddler_trace._version import __version__
 from fiddler_trace._wire import Job
 
@@ -69,6 +70,10 @@ class EventsClient:
     ) -> None:
         self.url = url.rstrip("/")
         self._max_request_bytes = max_request_bytes
+        if transport is None and not _proxied(self.url):
+            # Ours, unless a proxy from the environment applies: httpx's speaks to proxies.
+            tls = _may_use_tls(self.url)
+            transport = EventsTransport(_ssl_context(verify) if tls else None)
         self._http = httpx.Client(
             base_url=self.url,
             headers={
@@ -252,6 +257,21 @@ def _tls(verify: Union[bool, str, ssl.SSLContext]) -> Union[bool, ssl.SSLContext
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
     return verify
+
+
+def _ssl_context(verify: Union[bool, str, ssl.SSLContext]) -> ssl.SSLContext:
+    """The TLS context ``verify`` asks for, as httpx builds it (``True``: certifi's bundle, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set)."""
+    tls = _tls(verify)
+    return tls if isinstance(tls, ssl.SSLContext) else httpx.create_ssl_context(verify=tls)
+
+
+def _proxied(url: str) -> bool:
+    """A proxy from the environment may apply to ``url`` (what httpx's ``trust_env`` reads).
+    ``NO_PROXY`` is not consulted: httpx's own transport then decides, as it always did."""
+    scheme = url.split(":", 1)[0].lower()
+    proxies = urllib.request.getproxies()
+    return scheme in proxies or "all" in proxies
 
 
 def _may_use_tls(url: str) -> bool:
