@@ -169,6 +169,7 @@ class EventsTransport(httpx.BaseTransport):
         body = request.read()  # the events client's bodies are bytes already
         head = _head(request)
         sock = connection.sock
+        write_error: Optional[httpx.TransportError] = None
         try:
             sock.settimeout(timeouts.get("write"))
             if len(body) < _JOIN_BELOW:
@@ -179,14 +180,23 @@ class EventsTransport(httpx.BaseTransport):
         except TimeoutError as error:
             raise httpx.WriteTimeout(_text(error, "write")) from error
         except OSError as error:
-            raise httpx.WriteError(_text(error, "write")) from error
+            # A server may answer before it has read the whole body and close: a 413 for a
+            # body over its limit, which the pipeline must see to split the batch. As httpcore
+            # does, read what it answered; the write's error stands if there is nothing.
+            write_error = httpx.WriteError(_text(error, "write"))
+            write_error.__cause__ = error
         try:
             sock.settimeout(timeouts.get("read"))
-            return _read_response(connection.reader, request.method)
-        except TimeoutError as error:
-            raise httpx.ReadTimeout(_text(error, "read")) from error
-        except OSError as error:
-            raise httpx.ReadError(_text(error, "read")) from error
+            keep, response = _read_response(connection.reader, request.method)
+        except (OSError, httpx.RemoteProtocolError) as error:
+            if write_error is not None:
+                raise write_error from write_error.__cause__
+            if isinstance(error, TimeoutError):
+                raise httpx.ReadTimeout(_text(error, "read")) from error
+            if isinstance(error, OSError):
+                raise httpx.ReadError(_text(error, "read")) from error
+            raise
+        return keep and write_error is None, response
 
 
 def _head(request: httpx.Request) -> bytes:
@@ -215,6 +225,8 @@ def _read_response(reader: Any, method: str) -> tuple[bool, httpx.Response]:
         codings = names[b"transfer-encoding"].lower().split(b",")
         if codings[-1].strip() == b"chunked":
             body = _chunked(reader)
+            # With a Content-Length as well, the answer is suspect (RFC 9112, 6.3): not reused.
+            keep = keep and b"content-length" not in names
         else:
             body, keep = _until_closed(reader), False
     elif b"content-length" in names:

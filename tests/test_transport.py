@@ -17,7 +17,7 @@ import orjson
 import pytest
 import trustme
 
-from fiddler_trace import EventsClient
+from fiddler_trace import EventsClient, FiddlerAPIError
 from fiddler_trace._transport import EventsTransport
 
 MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
@@ -42,14 +42,19 @@ class ScriptedServer:
     """Accepts connections on 127.0.0.1; answers each request with the next scripted bytes
     (the default: a 200 with a Content-Length), or closes the connection on ``None``."""
 
-    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None, receive_buffer: int = 0) -> None:
         self.script: deque[Optional[bytes]] = deque()  # Closing: then close
         self.requests: list[tuple[int, bytes, bytes]] = []  # (connection, head, body)
         self.connections = 0
         self.closed = 0  # connections this server closed
         self.close_after_answer = False
+        self.before_body: Optional[bytes] = None
         self._tls = tls
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.socket()
+        if receive_buffer:  # set before listen(): connections take it, and the window, from it
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
         self._open: list[socket.socket] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -95,6 +100,11 @@ class ScriptedServer:
                     if not line:
                         return
                     head += line
+                if self.before_body is not None:  # answers without reading the body
+                    sock.sendall(self.before_body)
+                    reader.close()
+                    sock.close()
+                    return
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
@@ -247,22 +257,37 @@ def test_a_broken_answer_is_a_protocol_error_and_the_connection_is_dropped(serve
     assert server.connections == 2
 
 
+def test_an_answer_sent_before_the_body_was_read_is_seen():
+    """A server refusing a body over its limit may answer 413 after the head and close with the
+    body unread; the client's write fails, and the 413 is still what the caller gets (the
+    pipeline splits the batch on it, where a transport error would only be retried)."""
+    server = ScriptedServer(receive_buffer=16 * 1024)  # the client's write must fail
+    server.before_body = answer(
+        b'{"kind":"ERROR","error":{"code":413}}',
+        status="413 Content Too Large",
+        extra=b"Connection: close\r\n",
+    )
+    events = [{"x": "y" * 16_000} for _ in range(1_000)]  # one request of 16 MB
+    client = EventsClient(server.url, TOKEN, max_request_bytes=64 * 1024 * 1024)
+    try:
+        with pytest.raises(FiddlerAPIError) as caught:
+            client.publish(MODEL, events)
+    finally:
+        client.close()
+        server.close()
+    assert caught.value.status == 413
+
+
 def test_an_error_status_keeps_the_connection(server):
     server.script.append(
         answer(b'{"kind":"ERROR","error":{"code":503}}', status="503 Service Unavailable")
     )
     with EventsClient(server.url, TOKEN) as client:
-        with pytest.raises(fiddler_api_error()) as caught:
+        with pytest.raises(FiddlerAPIError) as caught:
             publish(client)
         assert caught.value.status == 503
         assert publish(client) == ["a"]
     assert server.connections == 1
-
-
-def fiddler_api_error() -> type[Exception]:
-    from fiddler_trace import FiddlerAPIError
-
-    return FiddlerAPIError
 
 
 def test_a_server_that_does_not_answer_times_out(server):
