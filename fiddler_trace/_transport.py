@@ -11,9 +11,11 @@ the response object, the errors) stays httpx's.
 
 The events client uses it for ``http://`` and ``https://`` URLs that no proxy from the
 environment applies to; with a proxy, httpx's own transport (which speaks to proxies) is used.
-Connections are kept alive and reused; one found closed by the server while idle is dropped
-before it is used, as httpcore does. A request that fails is not sent again here: the pipeline
-retries whole batches.
+Connections are kept alive and reused; one found closed by the server while idle, or idle for
+longer than httpx keeps one (5 s: load balancers and firewalls drop idle connections without a
+word), is dropped before it is used. A request that fails is not sent again here: the pipeline
+retries whole batches. No lock: a list's ``append`` and ``pop`` are atomic, and a lock held by
+another thread at a fork would stay held in the child for good.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import os
 import select
 import socket
 import ssl
-import threading
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import httpx
 
@@ -34,6 +36,7 @@ _MAX_LINE = 65_536  # bytes of a status, header or chunk-size line
 _MAX_HEADERS = 100
 _MAX_BODY = 64 * 1024 * 1024  # an answer of /v3/events is a few hundred bytes
 _MAX_IDLE = 4  # connections kept per origin; one is all the worker uses
+KEEP_IDLE = 5.0  # seconds an idle connection is kept: httpx's default keepalive_expiry
 _JOIN_BELOW = 64 * 1024  # a smaller body is sent with the head in one write
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -41,13 +44,14 @@ Origin = tuple[bytes, str, int]
 
 
 class _Connection:
-    """A socket to one origin and its buffered reader."""
+    """A socket to one origin, its buffered reader, and when it went idle."""
 
-    __slots__ = ("reader", "sock")
+    __slots__ = ("idle_since", "reader", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = sock.makefile("rb")
+        self.idle_since = 0.0
 
     def closed_by_peer(self) -> bool:
         """True when an idle connection can be read: the server closed it (or sent something
@@ -75,12 +79,18 @@ class EventsTransport(httpx.BaseTransport):
     Args:
         ssl_context: the TLS context of ``https://`` origins; None: httpx's default (certifi's
             bundle), built on the first connection to one.
+        clock: monotonic seconds, for the idle connections' age.
     """
 
-    def __init__(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(
+        self,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._context = ssl_context
+        self._clock = clock
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
 
@@ -89,11 +99,15 @@ class EventsTransport(httpx.BaseTransport):
         if url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
         port = url.port or (443 if url.scheme == "https" else 80)
-        origin: Origin = (url.raw_scheme, url.host, port)
+        # The ASCII form (IDNA 2008, as httpx writes the Host header), never Python's own
+        # encoding of the Unicode name, which maps some names to another host.
+        origin: Origin = (url.raw_scheme, url.raw_host.decode("ascii"), port)
         timeouts: dict[str, Optional[float]] = request.extensions.get("timeout", {})
+        head = _head(request)  # refused before a connection is made
+        body = request.read()  # the events client's bodies are bytes already
         connection = self._take(origin) or self._connect(origin, timeouts.get("connect"))
         try:
-            keep, response = self._exchange(connection, request, timeouts)
+            keep, response = self._exchange(connection, head, body, request.method, timeouts)
         except BaseException:
             connection.close()
             raise
@@ -104,42 +118,45 @@ class EventsTransport(httpx.BaseTransport):
         return response
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, {}
+        self._closed = True
+        idle, self._idle = self._idle, {}
         for connections in idle.values():
-            for connection in connections:
-                connection.close()
+            while connections:
+                connections.pop().close()
 
     # -- connections ---------------------------------------------------------------------------
 
     def _take(self, origin: Origin) -> Optional[_Connection]:
-        with self._lock:
-            if self._pid != os.getpid():
-                # A forked child shares its parent's sockets: it must never write to them, and
-                # closing a TLS one here could end the parent's session. Forgotten, not closed.
-                self._pid, self._idle = os.getpid(), {}
-            connections = self._idle.get(origin)
-            while connections:
-                connection = connections.pop()
-                if not connection.closed_by_peer():
-                    return connection
-                connection.close()
+        if self._pid != os.getpid():
+            # A forked child shares its parent's sockets: it must never write to them, and
+            # closing a TLS one here could end the parent's session. Forgotten, not closed.
+            self._pid, self._idle = os.getpid(), {}
+        connections = self._idle.get(origin)
+        while connections:
+            try:
+                connection = connections.pop()  # the most recently used
+            except IndexError:  # another thread took the last one
+                break
+            if self._clock() - connection.idle_since <= KEEP_IDLE and not (
+                connection.closed_by_peer()
+            ):
+                return connection
+            connection.close()
         return None
 
     def _give_back(self, origin: Origin, connection: _Connection) -> None:
-        with self._lock:
-            connections = self._idle.setdefault(origin, [])
-            if not self._closed and len(connections) < _MAX_IDLE and self._pid == os.getpid():
-                connections.append(connection)
-                return
-        connection.close()
+        connections = self._idle.setdefault(origin, [])
+        if not self._closed and len(connections) < _MAX_IDLE and self._pid == os.getpid():
+            connection.idle_since = self._clock()
+            connections.append(connection)
+        else:
+            connection.close()
 
     def _connect(self, origin: Origin, timeout: Optional[float]) -> _Connection:
         scheme, host, port = origin
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
-        except TimeoutError as error:
+        except socket.timeout as error:  # TimeoutError from 3.10; not a subclass before
             raise httpx.ConnectTimeout(_text(error, "connect")) from error
         except OSError as error:
             raise httpx.ConnectError(_text(error, "connect")) from error
@@ -151,7 +168,7 @@ class EventsTransport(httpx.BaseTransport):
                 if self._context is None:
                     self._context = httpx.create_ssl_context()
                 sock = self._context.wrap_socket(sock, server_hostname=host)
-        except TimeoutError as error:
+        except socket.timeout as error:
             sock.close()
             raise httpx.ConnectTimeout(_text(error, "TLS handshake")) from error
         except (OSError, ValueError) as error:  # ssl.SSLError and CertificateError included
@@ -162,12 +179,15 @@ class EventsTransport(httpx.BaseTransport):
     # -- one request ---------------------------------------------------------------------------
 
     def _exchange(
-        self, connection: _Connection, request: httpx.Request, timeouts: dict[str, Optional[float]]
+        self,
+        connection: _Connection,
+        head: bytes,
+        body: bytes,
+        method: str,
+        timeouts: dict[str, Optional[float]],
     ) -> tuple[bool, httpx.Response]:
         """Send the request and read its answer; returns whether the connection may be reused,
         and the response."""
-        body = request.read()  # the events client's bodies are bytes already
-        head = _head(request)
         sock = connection.sock
         write_error: Optional[httpx.TransportError] = None
         try:
@@ -177,7 +197,7 @@ class EventsTransport(httpx.BaseTransport):
             else:
                 sock.sendall(head)
                 sock.sendall(body)
-        except TimeoutError as error:
+        except socket.timeout as error:
             raise httpx.WriteTimeout(_text(error, "write")) from error
         except OSError as error:
             # A server may answer before it has read the whole body and close: a 413 for a
@@ -187,11 +207,11 @@ class EventsTransport(httpx.BaseTransport):
             write_error.__cause__ = error
         try:
             sock.settimeout(timeouts.get("read"))
-            keep, response = _read_response(connection.reader, request.method)
+            keep, response = _read_response(connection.reader, method)
         except (OSError, httpx.RemoteProtocolError) as error:
             if write_error is not None:
                 raise write_error from write_error.__cause__
-            if isinstance(error, TimeoutError):
+            if isinstance(error, socket.timeout):
                 raise httpx.ReadTimeout(_text(error, "read")) from error
             if isinstance(error, OSError):
                 raise httpx.ReadError(_text(error, "read")) from error
@@ -201,6 +221,10 @@ class EventsTransport(httpx.BaseTransport):
 
 def _head(request: httpx.Request) -> bytes:
     """The request line and headers (httpx has set ``Host`` and ``Content-Length``)."""
+    if "transfer-encoding" in request.headers:
+        # A streamed body (httpx sets Transfer-Encoding: chunked): the events client never
+        # sends one, and this transport does not frame it.
+        raise httpx.LocalProtocolError("a request body without a Content-Length")
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
     for name, value in request.headers.raw:
         if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
@@ -268,8 +292,12 @@ def _headers(reader: Any) -> list[tuple[bytes, bytes]]:
             return headers
         if not line.endswith(b"\n"):
             raise httpx.RemoteProtocolError("Server disconnected in the middle of the headers.")
+        if line[:1] in (b" ", b"\t") and headers:  # an obsolete folded line: joined, as h11 does
+            name, value = headers.pop()
+            headers.append((name, value + b" " + line.strip()))
+            continue
         name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+        if not colon or not name or name != name.strip():
             raise httpx.RemoteProtocolError(f"not a header line: {line[:100]!r}")
         headers.append((name, value.strip()))
         if len(headers) > _MAX_HEADERS:
@@ -304,14 +332,13 @@ def _chunked(reader: Any) -> bytes:
     total = 0
     while True:
         size_text = _line(reader).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}") from None
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise httpx.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}")
+        size = int(size_text, 16)
         if size == 0:
             break
         total += size
-        if total > _MAX_BODY or size < 0:
+        if total > _MAX_BODY:
             raise httpx.RemoteProtocolError("a chunked answer over 64 MiB")
         chunks.append(_exactly(reader, size))
         if _line(reader) not in (b"\r\n", b"\n"):

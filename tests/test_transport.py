@@ -49,6 +49,7 @@ class ScriptedServer:
         self.closed = 0  # connections this server closed
         self.close_after_answer = False
         self.before_body: Optional[bytes] = None
+        self._closing = False
         self._tls = tls
         self._listener = socket.socket()
         if receive_buffer:  # set before listen(): connections take it, and the window, from it
@@ -69,8 +70,11 @@ class ScriptedServer:
             return self._changed.wait_for(lambda: self.closed >= count, 10.0)
 
     def close(self) -> None:
-        self._listener.close()
-        for sock in self._open:
+        with self._changed:
+            self._closing = True  # a connection accepted from now on is closed at once
+            self._listener.close()
+            accepted = list(self._open)
+        for sock in accepted:
             with _suppressed():
                 sock.close()
 
@@ -86,8 +90,12 @@ class ScriptedServer:
                 except (OSError, ssl.SSLError):
                     sock.close()
                     continue
-            self.connections += 1
-            self._open.append(sock)
+            with self._changed:
+                if self._closing:
+                    sock.close()
+                    return
+                self.connections += 1
+                self._open.append(sock)
             threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
 
     def _serve(self, sock: socket.socket, number: int) -> None:
@@ -191,6 +199,7 @@ def test_a_large_body_arrives_whole(server):
         pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(), id="100-continue first"),
         pytest.param(answer(gzip.compress(ANSWER), extra=b"Content-Encoding: gzip\r\n"), id="gzip"),
         pytest.param(answer(extra=b"X-Many: 1\r\n" * 50), id="many headers"),
+        pytest.param(answer(extra=b"X-Folded: a\r\n  b\r\n"), id="a folded header"),
     ],
 )
 def test_framings_of_an_answer_that_keep_the_connection(server, reply):
@@ -240,7 +249,12 @@ def test_a_connection_the_server_closed_while_idle_is_not_used(server):
         (Closing(b"HTTP/1.1 200 OK\r\nContent-Le"), "in the middle of the headers"),
         (b"SPDY/3 200 OK\r\n\r\n", "not an HTTP/1.1 status line"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n{}", "not one number"),
-        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "not a header line"),
+        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "not a header line"),  # folds nothing
+        (b"HTTP/1.1 200 OK\r\nnot a header\r\n\r\n", "not a header line"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x7\r\n",
+            "not a chunk size",
+        ),
         (b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 101 + b"\r\n", "more than 100 headers"),
         (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "longer than 64 KiB"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "not a chunk size"),
@@ -309,14 +323,49 @@ def test_a_closed_port_is_a_connect_error():
         publish(client)
 
 
-def test_a_line_break_in_a_header_is_refused_before_sending(server):
+def test_a_request_it_cannot_frame_is_refused_before_connecting(server):
+    """A line break in a header (an injected header), or a streamed body (which httpx marks
+    ``Transfer-Encoding: chunked`` and the events client never sends): refused before any
+    connection is made."""
     transport = EventsTransport()
-    request = httpx.Request("POST", f"{server.url}/v3/events", content=b"{}")
-    request.headers._list.append((b"X-Bad", b"x-bad", b"a\r\nInjected: 1"))
-    with pytest.raises(httpx.LocalProtocolError):
-        transport.handle_request(request)
+    injected = httpx.Request("POST", f"{server.url}/v3/events", content=b"{}")
+    injected.headers._list.append((b"X-Bad", b"x-bad", b"a\r\nInjected: 1"))
+    streamed = httpx.Request("POST", f"{server.url}/v3/events", content=iter([b"{}"]))
+    for request in (injected, streamed):
+        with pytest.raises(httpx.LocalProtocolError):
+            transport.handle_request(request)
     transport.close()
-    assert server.requests == []
+    assert server.connections == 0
+
+
+def test_an_idle_connection_older_than_httpx_keeps_one_is_not_used(server):
+    """A load balancer or firewall may drop an idle connection without closing it: past 5 s
+    idle (httpx's keepalive_expiry) the transport connects anew instead of waiting out the
+    read timeout on a dead one."""
+    now = [100.0]
+    transport = EventsTransport(clock=lambda: now[0])
+    with EventsClient(server.url, TOKEN, transport=transport) as client:
+        assert publish(client) == ["a"]
+        now[0] += 4.9
+        assert publish(client) == ["a"]  # reused
+        now[0] += 5.1
+        assert publish(client) == ["a"]
+    assert [number for number, _, _ in server.requests] == [1, 1, 2]
+
+
+def test_an_international_host_name_is_reached_by_its_ascii_form(monkeypatch):
+    """The host connected to, and named to TLS, is the IDNA 2008 form httpx writes in the Host
+    header, not Python's older encoding, which takes ``faß.de`` to ``fass.de``."""
+    reached: list[tuple[str, int]] = []
+
+    def create_connection(address: tuple[str, int], timeout: Optional[float] = None) -> None:
+        reached.append(address)
+        raise ConnectionRefusedError("not here")
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with EventsClient("https://faß.de", TOKEN) as client, pytest.raises(httpx.ConnectError):
+        publish(client)
+    assert reached == [("xn--fa-hia.de", 443)]
 
 
 def test_threads_share_it_and_few_connections_stay_open(server):
