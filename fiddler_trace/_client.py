@@ -50,7 +50,9 @@ class EventsClient:
         timeout: seconds per request.
         verify: TLS verification; ``True``, ``False``, the path of a CA bundle (PEM) or an
             ``ssl.SSLContext``.
-        transport: an ``httpx`` transport, e.g. ``httpx.MockTransport`` in tests.
+        transport: an ``httpx`` transport, e.g. ``httpx.MockTransport`` in tests. By default
+            the library's own HTTP/1.1 transport, or httpx's when a proxy from the environment
+            applies to ``url``.
         max_request_bytes: the most encoded event bytes in one request.
 
     Raises:
