@@ -72,10 +72,12 @@ class EventsClient:
     ) -> None:
         self.url = url.rstrip("/")
         self._max_request_bytes = max_request_bytes
+        may_use_tls = _may_use_tls(self.url)
+        # A CA bundle is read (or refused) here, once.
+        tls = _tls(verify) if verify is not True or may_use_tls else False
         if transport is None and not _proxied(self.url):
             # Ours, unless a proxy from the environment applies: httpx's speaks to proxies.
-            tls = _may_use_tls(self.url)
-            transport = EventsTransport(_ssl_context(verify) if tls else None)
+            transport = EventsTransport(_ssl_context(tls) if may_use_tls else None)
         self._http = httpx.Client(
             base_url=self.url,
             headers={
@@ -85,7 +87,7 @@ class EventsClient:
                 "User-Agent": user_agent(),
             },
             timeout=timeout,
-            verify=_tls(verify) if verify is not True or _may_use_tls(self.url) else False,
+            verify=tls,  # for httpx's transport; ours has its context
             transport=transport,
         )
         # Merged once: Client.request merges the client's URL, headers and timeout anew for
@@ -261,10 +263,9 @@ def _tls(verify: Union[bool, str, ssl.SSLContext]) -> Union[bool, ssl.SSLContext
     return verify
 
 
-def _ssl_context(verify: Union[bool, str, ssl.SSLContext]) -> ssl.SSLContext:
-    """The TLS context ``verify`` asks for, as httpx builds it (``True``: certifi's bundle, or
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set)."""
-    tls = _tls(verify)
+def _ssl_context(tls: Union[bool, ssl.SSLContext]) -> ssl.SSLContext:
+    """The TLS context for what :func:`_tls` gave, as httpx builds it (``True``: certifi's
+    bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set)."""
     return tls if isinstance(tls, ssl.SSLContext) else httpx.create_ssl_context(verify=tls)
 
 
