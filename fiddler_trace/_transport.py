@@ -149,8 +149,12 @@ class EventsTransport(httpx.BaseTransport):
         if not self._closed and len(connections) < _MAX_IDLE and self._pid == os.getpid():
             connection.idle_since = self._clock()
             connections.append(connection)
-        else:
-            connection.close()
+            if not self._closed:
+                return
+            # close() ran meanwhile, perhaps emptying this list before the append.
+            with contextlib.suppress(ValueError):
+                connections.remove(connection)
+        connection.close()  # closing twice is harmless
 
     def _connect(self, origin: Origin, timeout: Optional[float]) -> _Connection:
         scheme, host, port = origin

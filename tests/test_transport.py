@@ -10,7 +10,7 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import httpx
 import orjson
@@ -351,6 +351,25 @@ def test_an_idle_connection_older_than_httpx_keeps_one_is_not_used(server):
         now[0] += 5.1
         assert publish(client) == ["a"]
     assert [number for number, _, _ in server.requests] == [1, 1, 2]
+
+
+def test_close_while_a_connection_is_given_back_closes_it(server):
+    """``close()`` from another thread, between a finished request's check that the transport
+    is open and its connection going back to the idle list, still closes that connection."""
+
+    def close_now() -> float:  # the clock is read right there, so close() runs at that point
+        transport.close()
+        return 0.0
+
+    transport = EventsTransport(clock=close_now)
+    made: list[Any] = []
+    connect = transport._connect
+    transport._connect = lambda *args: made.append(connect(*args)) or made[-1]  # type: ignore[method-assign]
+    with EventsClient(server.url, TOKEN, transport=transport) as client:
+        assert publish(client) == ["a"]
+    assert len(made) == 1
+    assert made[0].sock.fileno() == -1  # closed, not left in a list nothing will close
+    assert all(not idle for idle in transport._idle.values())
 
 
 def test_an_international_host_name_is_reached_by_its_ascii_form(monkeypatch):
