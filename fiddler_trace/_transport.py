@@ -38,6 +38,7 @@ _MAX_BODY = 64 * 1024 * 1024  # an answer of /v3/events is a few hundred bytes
 _MAX_IDLE = 4  # connections kept per origin; one is all the worker uses
 KEEP_IDLE = 5.0  # seconds an idle connection is kept: httpx's default keepalive_expiry
 _JOIN_BELOW = 64 * 1024  # a smaller body is sent with the head in one write
+_WRITE_STEP = 1024 * 1024  # bytes per write of a larger one
 _NO_BODY_STATUS = frozenset({204, 304})
 
 Origin = tuple[bytes, str, int]
@@ -120,17 +121,18 @@ class EventsTransport(httpx.BaseTransport):
     def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            while connections:
-                connections.pop().close()
+        _close_all(idle)
 
     # -- connections ---------------------------------------------------------------------------
 
     def _take(self, origin: Origin) -> Optional[_Connection]:
         if self._pid != os.getpid():
-            # A forked child shares its parent's sockets: it must never write to them, and
-            # closing a TLS one here could end the parent's session. Forgotten, not closed.
-            self._pid, self._idle = os.getpid(), {}
+            # A forked child holds copies of its parent's sockets: it must never write to them.
+            # Closing its copies leaves the parent's connections open (and a TLS socket's
+            # close() sends no close_notify: only unwrap() does).
+            self._pid, inherited = os.getpid(), self._idle
+            self._idle = {}
+            _close_all(inherited)
         connections = self._idle.get(origin)
         while connections:
             try:
@@ -146,15 +148,16 @@ class EventsTransport(httpx.BaseTransport):
 
     def _give_back(self, origin: Origin, connection: _Connection) -> None:
         connections = self._idle.setdefault(origin, [])
-        if not self._closed and len(connections) < _MAX_IDLE and self._pid == os.getpid():
-            connection.idle_since = self._clock()
-            connections.append(connection)
-            if not self._closed:
-                return
-            # close() ran meanwhile, perhaps emptying this list before the append.
-            with contextlib.suppress(ValueError):
-                connections.remove(connection)
-        connection.close()  # closing twice is harmless
+        if self._closed or self._pid != os.getpid():
+            connection.close()
+            return
+        connection.idle_since = self._clock()
+        connections.append(connection)
+        # Since the test above, close() may have emptied this list, or other threads added to
+        # it: the oldest go.
+        while (self._closed and connections) or len(connections) > _MAX_IDLE:
+            with contextlib.suppress(IndexError):
+                connections.pop(0).close()
 
     def _connect(self, origin: Origin, timeout: Optional[float]) -> _Connection:
         scheme, host, port = origin
@@ -200,7 +203,12 @@ class EventsTransport(httpx.BaseTransport):
                 sock.sendall(head + body)
             else:
                 sock.sendall(head)
-                sock.sendall(body)
+                # The write timeout bounds each write, as httpcore's does, not the whole body
+                # (sendall's timeout is its total since Python 3.5): a large batch on a slow
+                # link must not time out on every attempt while it makes progress.
+                view = memoryview(body)
+                while view:
+                    view = view[sock.send(view[:_WRITE_STEP]) :]
         except socket.timeout as error:
             raise httpx.WriteTimeout(_text(error, "write")) from error
         except OSError as error:
@@ -221,6 +229,13 @@ class EventsTransport(httpx.BaseTransport):
                 raise httpx.ReadError(_text(error, "read")) from error
             raise
         return keep and write_error is None, response
+
+
+def _close_all(idle: dict[Origin, list[_Connection]]) -> None:
+    for connections in idle.values():
+        while connections:
+            with contextlib.suppress(IndexError):  # another thread took the last one
+                connections.pop().close()
 
 
 def _head(request: httpx.Request) -> bytes:

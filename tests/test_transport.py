@@ -3,11 +3,14 @@ TLS, timeouts, proxies, forks; against a server that answers with scripted bytes
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 import socket
 import ssl
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -49,6 +52,7 @@ class ScriptedServer:
         self.closed = 0  # connections this server closed
         self.close_after_answer = False
         self.before_body: Optional[bytes] = None
+        self.read_pace: Optional[tuple[int, float]] = None  # bytes per read, pause after each
         self._closing = False
         self._tls = tls
         self._listener = socket.socket()
@@ -117,7 +121,15 @@ class ScriptedServer:
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                body = reader.read(length)
+                if self.read_pace is None:
+                    body = reader.read(length)
+                else:  # a slow link
+                    step, pause = self.read_pace
+                    parts = []
+                    while sum(map(len, parts)) < length:
+                        parts.append(reader.read(min(step, length - sum(map(len, parts)))))
+                        time.sleep(pause)
+                    body = b"".join(parts)
                 with self._changed:
                     self.requests.append((number, head, body))
                     self._changed.notify_all()
@@ -229,6 +241,19 @@ def test_answers_that_end_the_connection(server, reply):
     assert server.connections == 2
 
 
+def test_an_answer_with_both_framings_is_read_chunked_and_its_connection_not_reused(server):
+    """Transfer-Encoding and Content-Length together (RFC 9112, 6.3): the chunks are the body,
+    and the connection, whose next bytes are in doubt, is not used again."""
+    server.script.append(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(ANSWER), ANSWER)
+    )
+    with EventsClient(server.url, TOKEN) as client:
+        assert publish(client) == ["a"]
+        assert publish(client) == ["a"]
+    assert server.connections == 2
+
+
 def test_a_connection_the_server_closed_while_idle_is_not_used(server):
     """The server closing a kept-alive connection between requests (its idle timeout) costs
     no failed request: the transport sees it closed and connects again."""
@@ -312,6 +337,30 @@ def test_a_server_that_does_not_answer_times_out(server):
         publish(client)
 
 
+def test_a_connect_that_times_out_is_a_connect_timeout(monkeypatch):
+    def create_connection(*args: Any, **kwargs: Any) -> None:
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with EventsClient("http://127.0.0.1:9", TOKEN) as client, pytest.raises(httpx.ConnectTimeout):
+        publish(client)
+
+
+def test_a_slow_upload_that_makes_progress_does_not_time_out():
+    """The write timeout bounds each write, as httpx's transport does, not the whole body: a
+    batch larger than the socket buffers, read by the server slower than the timeout allows
+    for all of it, still arrives (before, every attempt timed out on such a link)."""
+    server = ScriptedServer(receive_buffer=16 * 1024)
+    server.read_pace = (256 * 1024, 0.02)  # ~12 MB/s: the 8 MB body takes ~0.65 s
+    events = [{"x": "y" * 8_000} for _ in range(1_000)]
+    try:
+        with EventsClient(server.url, TOKEN, timeout=0.3, max_request_bytes=16 << 20) as client:
+            client.publish(MODEL, events)
+    finally:
+        server.close()
+    assert len(orjson.loads(server.requests[0][2])["source"]["events"]) == 1_000
+
+
 def test_a_closed_port_is_a_connect_error():
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -323,10 +372,12 @@ def test_a_closed_port_is_a_connect_error():
         publish(client)
 
 
-def test_a_request_it_cannot_frame_is_refused_before_connecting(server):
+def test_a_request_it_cannot_frame_is_refused_before_connecting(server, monkeypatch):
     """A line break in a header (an injected header), or a streamed body (which httpx marks
     ``Transfer-Encoding: chunked`` and the events client never sends): refused before any
     connection is made."""
+    connected: list[Any] = []
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kw: connected.append(args))
     transport = EventsTransport()
     injected = httpx.Request("POST", f"{server.url}/v3/events", content=b"{}")
     injected.headers._list.append((b"X-Bad", b"x-bad", b"a\r\nInjected: 1"))
@@ -335,7 +386,7 @@ def test_a_request_it_cannot_frame_is_refused_before_connecting(server):
         with pytest.raises(httpx.LocalProtocolError):
             transport.handle_request(request)
     transport.close()
-    assert server.connections == 0
+    assert connected == []
 
 
 def test_an_idle_connection_older_than_httpx_keeps_one_is_not_used(server):
@@ -413,14 +464,19 @@ def test_threads_share_it_and_few_connections_stay_open(server):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+ warns on fork with threads
 def test_a_forked_child_opens_its_own_connection(server):
-    """A child never writes on its parent's kept-alive socket: it connects anew, and the
-    parent's connection goes on working."""
+    """A child never writes on its parent's kept-alive socket: it closes its copy (no socket
+    left to the garbage collector) and connects anew; the parent's connection goes on
+    working."""
     with EventsClient(server.url, TOKEN) as client:
         assert publish(client) == ["a"]
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
+            unraisable: list[Any] = []  # e.g. a ResourceWarning for a socket left to the GC
+            sys.unraisablehook = unraisable.append
             try:
                 code = 0 if publish(client) == ["a"] else 1
+                gc.collect()
+                code = code or (3 if unraisable else 0)
             except BaseException:
                 code = 2
             os._exit(code)
