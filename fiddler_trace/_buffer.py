@@ -22,6 +22,7 @@ import collections
 import contextlib
 import itertools
 import threading
+import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat, starmap
@@ -33,7 +34,7 @@ from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, id_bits, id_text
 from fiddler_trace._stats import Stats
 
-__all__ = ["DEEP_CHECK", "BatchBuffer", "Item", "Refusal", "remember_publish"]
+__all__ = ["DEEP_CHECK", "IDLE_WAIT", "BatchBuffer", "Item", "Refusal", "remember_publish"]
 
 #: In a queue deeper than a batch, producers wake the worker (and check the pid) once every
 #: this many events, a power of two (the hot path tests ``depth & DEEP_CHECK - 1``). The worker
@@ -42,9 +43,12 @@ __all__ = ["DEEP_CHECK", "BatchBuffer", "Item", "Refusal", "remember_publish"]
 #: test on every event cost each call in a burst a function call (~1,000 instructions). A full
 #: buffer does not wake the worker: during an outage that made it step once per few hundred
 #: dropped events and doubled their cost; a missed wake-up in a buffer too small to reach the
-#: next check waits for the worker's own timer (``flush_interval``), as one missed at depth 0
-#: always did.
+#: next check waits for the worker's own timer (``flush_interval``), as an event queued at
+#: depth 0 does (see :func:`fiddler_trace._pipeline.submit`).
 DEEP_CHECK = 512
+#: The shortest wait of an idle worker, seconds: with nothing to do it wakes every
+#: ``max(flush_interval, IDLE_WAIT)``.
+IDLE_WAIT = 0.05
 #: A publish (an :class:`Event` or a plain tuple of its fields) or an update.
 Item = Union[Event, tuple, Update]
 #: An item too large to send: ``(model_id, event_id, method, seq, reason)``.
@@ -300,6 +304,8 @@ class BatchBuffer:
         run_model = run_column = ""
         post_model: Optional[str] = None  # run_model when the run is of publishes
         run_first = room = 0
+        run_created = now
+        wall, max_wait = time.time(), max(self.flush_interval, IDLE_WAIT)  # time: freezegun
         rows: list[dict[str, Any]] = []
         ids: Optional[list[str]] = None
         # Publishes are counted as captured here, once a run, before the lock is let go: a
@@ -360,13 +366,29 @@ class BatchBuffer:
                         self.drained = first + self.outstanding - base
                         counted = self._count(self.outstanding - base - updates, counted)
                         added += self._add_run_unlocked(
-                            run_method, run_model, run_column, rows, ids, run_first, now, refused
+                            run_method,
+                            run_model,
+                            run_column,
+                            rows,
+                            ids,
+                            run_first,
+                            run_created,
+                            refused,
                         )
                         stop = self.forgot  # the rest of the queue was given up on meanwhile
                     else:
                         stop = False
                     run_method, run_model, run_column = method, model_id, column
                     run_first = first + self.outstanding - base - 1
+                    run_created = now
+                    if method is POST:
+                        # Nothing wakes the worker for a lone event (see submit()): a new
+                        # batch's age counts from its first event's capture, as if it had. A
+                        # time older than the worker's idle wait is not a capture's (an
+                        # event's own time, given by the host): the batch starts now.
+                        waited = wall - timestamp
+                        if 0.0 < waited <= max_wait:
+                            run_created = now - waited
                     post_model = model_id if method is POST else None
                     rows, ids = [row], event_ids
                     batch = pending.get((method, model_id))
@@ -377,7 +399,7 @@ class BatchBuffer:
                 self.drained = first + self.outstanding - base
                 counted = self._count(self.outstanding - base - updates, counted)
                 added += self._add_run_unlocked(
-                    run_method, run_model, run_column, rows, ids, run_first, now, refused
+                    run_method, run_model, run_column, rows, ids, run_first, run_created, refused
                 )
                 rows = []
         except BaseException:
@@ -388,7 +410,14 @@ class BatchBuffer:
                     self.drained = first + self.outstanding - base
                     counted = self._count(self.outstanding - base - updates, counted)
                     added += self._add_run_unlocked(
-                        run_method, run_model, run_column, rows, ids, run_first, now, refused
+                        run_method,
+                        run_model,
+                        run_column,
+                        rows,
+                        ids,
+                        run_first,
+                        run_created,
+                        refused,
                     )
             raise
         finally:

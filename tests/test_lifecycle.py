@@ -159,15 +159,46 @@ def test_an_event_dropped_by_a_full_buffer_leaves_the_worker_waiting(server):
     _pipeline.configure(
         enabled=True, url=server.url, token="t", flush_interval=3600.0, max_queue_size=5
     )
-    for i in range(5):  # batched, due in an hour: the buffer is full
+    for i in range(5):  # queued, not woken for (a batch of 5 fills at none): the buffer is full
         _pipeline.submit(event(i))
     pipeline = _pipeline.current()
     assert pipeline is not None
-    assert _until(lambda: pipeline.buffer.outstanding == 5 and _worker_waits(pipeline))
+    buffer = pipeline.buffer
+    assert _until(lambda: len(buffer.queue) + buffer.outstanding == 5 and _worker_waits(pipeline))
     pipeline.wake.clear()
     assert not _pipeline.submit(event(5))
     assert read_count(_pipeline.STATS.dropped) == 1
     assert not pipeline.wake.is_set()
+
+
+@pytest.mark.parametrize("path", ["monitor", "submit"])
+def test_a_lone_event_does_not_wake_the_worker_and_leaves_within_flush_interval(server, path):
+    """A publish into an empty queue (a call made while the worker sleeps) does not wake it: a
+    wake-up cost such a call ~40 µs of the caller's CPU. The worker's own timer picks it up,
+    and its batch's age counts from the capture, so it is sent when it would have been. An
+    update into an empty queue still wakes it."""
+    _pipeline.configure(enabled=True, url=server.url, token="t", flush_interval=0.5)
+    monitored = fiddler_trace.monitor(MODEL)(lambda x: {"y": x})
+    monitored(0)  # starts the worker
+    assert fiddler_trace.flush(10)
+    pipeline = _pipeline.current()
+    assert pipeline is not None
+    assert _until(lambda: _worker_waits(pipeline) and not pipeline.buffer.queue)
+    pipeline.wake.clear()
+    captured = time.monotonic()
+    if path == "monitor":
+        monitored(1)
+    else:
+        assert _pipeline.submit(event(1))
+    assert not pipeline.wake.is_set()
+    assert server.wait_for(lambda: len(server.events()) == 2)
+    # Within the idle wait and flush_interval (0.5 + 0.5 s), with room for a slow machine;
+    # counted from the worker's pickup it would be at least the idle wait plus 0.5 s.
+    assert time.monotonic() - captured < 5.0
+    assert _until(lambda: _worker_waits(pipeline) and not pipeline.buffer.queue)
+    pipeline.wake.clear()
+    fiddler_trace.update(fiddler_trace.last_event_id(), {"target": 1}, model_id=MODEL)
+    assert pipeline.wake.is_set()
 
 
 def test_disabled_submit_sends_nothing(server):
