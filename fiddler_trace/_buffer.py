@@ -22,7 +22,6 @@ import collections
 import contextlib
 import itertools
 import threading
-import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat, starmap
@@ -151,6 +150,11 @@ class BatchBuffer:
         self.fill_at = batch_size - 1
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
+        #: The worker's clock when it last looked at the queue (:meth:`drain`).
+        self.looked_at: Optional[float] = None
+        #: A publish into an empty queue wakes the worker too: it fills a batch of one, or the
+        #: worker's idle wait (``IDLE_WAIT``) is longer than ``flush_interval``.
+        self.wake_empty = batch_size == 1 or flush_interval < IDLE_WAIT
         self._encode = encode
         joined: Optional[JoinedEncoder] = getattr(encode, "joined", None)
         self._encode_joined: JoinedEncoder = joined if joined is not None else self._encode_each
@@ -274,13 +278,15 @@ class BatchBuffer:
         """Move queued items into batches. Returns the items refused, as
         ``(model_id, event_id, method, seq, reason)``."""
         refused: list[Refusal] = []
+        since = self.looked_at if self.looked_at is not None else now
+        self.looked_at = now  # whatever is queued from here on was queued after now
         if not self.queue or self.forgot:  # forgot: the queue was given up on, and counted
             return refused
         with self._drain_lock:
-            self._drain(now, refused)
+            self._drain(now, since, refused)
         return refused
 
-    def _drain(self, now: float, refused: list[Refusal]) -> None:
+    def _drain(self, now: float, since: float, refused: list[Refusal]) -> None:
         # This runs once per event, with the GIL the callers need: the loop only completes the
         # row (publish_row, inlined, with one timestamp string per millisecond: a burst of
         # events shares most of them), remembers the id for update() and appends the row to
@@ -305,7 +311,6 @@ class BatchBuffer:
         post_model: Optional[str] = None  # run_model when the run is of publishes
         run_first = room = 0
         run_created = now
-        wall, max_wait = time.time(), max(self.flush_interval, IDLE_WAIT)  # time: freezegun
         rows: list[dict[str, Any]] = []
         ids: Optional[list[str]] = None
         # Publishes are counted as captured here, once a run, before the lock is let go: a
@@ -380,15 +385,11 @@ class BatchBuffer:
                         stop = False
                     run_method, run_model, run_column = method, model_id, column
                     run_first = first + self.outstanding - base - 1
-                    run_created = now
-                    if method is POST:
-                        # Nothing wakes the worker for a lone event (see submit()): a new
-                        # batch's age counts from its first event's capture, as if it had. A
-                        # time older than the worker's idle wait is not a capture's (an
-                        # event's own time, given by the host): the batch starts now.
-                        waited = wall - timestamp
-                        if 0.0 < waited <= max_wait:
-                            run_created = now - waited
+                    # Nothing wakes the worker for a lone publish (see submit()): a batch a
+                    # publish starts counts its age from the last time the worker looked at
+                    # the queue, before which none of these items was queued, so that none
+                    # waits longer than if it had woken the worker.
+                    run_created = since if method is POST else now
                     post_model = model_id if method is POST else None
                     rows, ids = [row], event_ids
                     batch = pending.get((method, model_id))

@@ -174,10 +174,11 @@ def test_an_event_dropped_by_a_full_buffer_leaves_the_worker_waiting(server):
 @pytest.mark.parametrize("path", ["monitor", "submit"])
 def test_a_lone_event_does_not_wake_the_worker_and_leaves_within_flush_interval(server, path):
     """A publish into an empty queue (a call made while the worker sleeps) does not wake it: a
-    wake-up cost such a call ~40 µs of the caller's CPU. The worker's own timer picks it up,
-    and its batch's age counts from the capture, so it is sent when it would have been. An
-    update into an empty queue still wakes it."""
-    _pipeline.configure(enabled=True, url=server.url, token="t", flush_interval=0.5)
+    wake-up cost such a call ~38 µs of the caller's CPU. The worker's own timer picks it up and
+    counts its batch's age from when it last looked at the queue, so it leaves within
+    flush_interval of its capture: here 2 s, where counting from the pickup would take ~4 s.
+    An update into an empty queue still wakes the worker."""
+    _pipeline.configure(enabled=True, url=server.url, token="t", flush_interval=2.0)
     monitored = fiddler_trace.monitor(MODEL)(lambda x: {"y": x})
     monitored(0)  # starts the worker
     assert fiddler_trace.flush(10)
@@ -192,12 +193,27 @@ def test_a_lone_event_does_not_wake_the_worker_and_leaves_within_flush_interval(
         assert _pipeline.submit(event(1))
     assert not pipeline.wake.is_set()
     assert server.wait_for(lambda: len(server.events()) == 2)
-    # Within the idle wait and flush_interval (0.5 + 0.5 s), with room for a slow machine;
-    # counted from the worker's pickup it would be at least the idle wait plus 0.5 s.
-    assert time.monotonic() - captured < 5.0
+    assert time.monotonic() - captured < 3.0
     assert _until(lambda: _worker_waits(pipeline) and not pipeline.buffer.queue)
     pipeline.wake.clear()
     fiddler_trace.update(fiddler_trace.last_event_id(), {"target": 1}, model_id=MODEL)
+    assert pipeline.wake.is_set()
+
+
+@pytest.mark.parametrize(
+    "settings", [{"batch_size": 1}, {"flush_interval": 0.01}], ids=["batch of one", "short"]
+)
+def test_a_lone_event_wakes_the_worker_where_its_timer_would_be_late(server, settings):
+    """A publish into an empty queue still wakes the worker when it fills a batch of one, or
+    when flush_interval is shorter than the idle worker's wait (IDLE_WAIT)."""
+    _pipeline.configure(enabled=True, url=server.url, token="t", **settings)
+    assert _pipeline.submit(event(0))  # starts the worker
+    assert fiddler_trace.flush(10)
+    pipeline = _pipeline.current()
+    assert pipeline is not None
+    assert _until(lambda: _worker_waits(pipeline) and not pipeline.buffer.queue)
+    pipeline.wake.clear()
+    assert _pipeline.submit(event(1))
     assert pipeline.wake.is_set()
 
 
