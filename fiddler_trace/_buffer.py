@@ -150,8 +150,10 @@ class BatchBuffer:
         self.fill_at = batch_size - 1
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
-        #: The worker's clock when it last looked at the queue (:meth:`drain`).
+        #: The worker's clock when it last looked at the queue (:meth:`drain`), and the
+        #: creation time of the batches the current pass opens: the look before.
         self.looked_at: Optional[float] = None
+        self.batch_start = 0.0
         #: A publish into an empty queue wakes the worker too: it fills a batch of one, or the
         #: worker's idle wait (``IDLE_WAIT``) is longer than ``flush_interval``.
         self.wake_empty = batch_size == 1 or flush_interval < IDLE_WAIT
@@ -278,15 +280,18 @@ class BatchBuffer:
         """Move queued items into batches. Returns the items refused, as
         ``(model_id, event_id, method, seq, reason)``."""
         refused: list[Refusal] = []
-        since = self.looked_at if self.looked_at is not None else now
-        self.looked_at = now  # whatever is queued from here on was queued after now
+        # Nothing wakes the worker for a lone publish (see submit()): the batches this pass
+        # opens count their age from the last time the worker looked at the queue, before
+        # which none of these items was queued, so that none waits longer than if it had.
+        self.batch_start = self.looked_at if self.looked_at is not None else now
+        self.looked_at = now
         if not self.queue or self.forgot:  # forgot: the queue was given up on, and counted
             return refused
         with self._drain_lock:
-            self._drain(now, since, refused)
+            self._drain(refused)
         return refused
 
-    def _drain(self, now: float, since: float, refused: list[Refusal]) -> None:
+    def _drain(self, refused: list[Refusal]) -> None:
         # This runs once per event, with the GIL the callers need: the loop only completes the
         # row (publish_row, inlined, with one timestamp string per millisecond: a burst of
         # events shares most of them), remembers the id for update() and appends the row to
@@ -310,7 +315,6 @@ class BatchBuffer:
         run_model = run_column = ""
         post_model: Optional[str] = None  # run_model when the run is of publishes
         run_first = room = 0
-        run_created = now
         rows: list[dict[str, Any]] = []
         ids: Optional[list[str]] = None
         # Publishes are counted as captured here, once a run, before the lock is let go: a
@@ -371,25 +375,13 @@ class BatchBuffer:
                         self.drained = first + self.outstanding - base
                         counted = self._count(self.outstanding - base - updates, counted)
                         added += self._add_run_unlocked(
-                            run_method,
-                            run_model,
-                            run_column,
-                            rows,
-                            ids,
-                            run_first,
-                            run_created,
-                            refused,
+                            run_method, run_model, run_column, rows, ids, run_first, refused
                         )
                         stop = self.forgot  # the rest of the queue was given up on meanwhile
                     else:
                         stop = False
                     run_method, run_model, run_column = method, model_id, column
                     run_first = first + self.outstanding - base - 1
-                    # Nothing wakes the worker for a lone publish (see submit()): a batch a
-                    # publish starts counts its age from the last time the worker looked at
-                    # the queue, before which none of these items was queued, so that none
-                    # waits longer than if it had woken the worker.
-                    run_created = since if method is POST else now
                     post_model = model_id if method is POST else None
                     rows, ids = [row], event_ids
                     batch = pending.get((method, model_id))
@@ -400,7 +392,7 @@ class BatchBuffer:
                 self.drained = first + self.outstanding - base
                 counted = self._count(self.outstanding - base - updates, counted)
                 added += self._add_run_unlocked(
-                    run_method, run_model, run_column, rows, ids, run_first, run_created, refused
+                    run_method, run_model, run_column, rows, ids, run_first, refused
                 )
                 rows = []
         except BaseException:
@@ -411,14 +403,7 @@ class BatchBuffer:
                     self.drained = first + self.outstanding - base
                     counted = self._count(self.outstanding - base - updates, counted)
                     added += self._add_run_unlocked(
-                        run_method,
-                        run_model,
-                        run_column,
-                        rows,
-                        ids,
-                        run_first,
-                        run_created,
-                        refused,
+                        run_method, run_model, run_column, rows, ids, run_first, refused
                     )
             raise
         finally:
@@ -464,7 +449,6 @@ class BatchBuffer:
         rows: list[dict[str, Any]],
         ids: Optional[list[str]],
         first_seq: int,
-        now: float,
         refused: list[Refusal],
     ) -> int:
         """Encode a run and add it to its batch; returns how many events were added."""
@@ -474,9 +458,9 @@ class BatchBuffer:
         batch = self.pending.get(key)
         nbytes = sum(len(part) for part, _ in parts) + len(parts) - 1
         if not self._fits(batch, nbytes, len(rows)):
-            return self._add_parts(key, column, rows, ids, parts, first_seq, now, refused)
+            return self._add_parts(key, column, rows, ids, parts, first_seq, refused)
         if batch is None:
-            batch = self.pending[key] = Batch(method, model_id, now)
+            batch = self.pending[key] = Batch(method, model_id, self.batch_start)
             self.open.add(batch)
         batch.extend([part for part, _ in parts], nbytes, len(rows), first_seq, column, ids)
         if batch.size >= self.batch_size:
@@ -491,7 +475,6 @@ class BatchBuffer:
         ids: Optional[list[str]],
         parts: Sequence[tuple[Union[bytes, memoryview], int]],
         first_seq: int,
-        now: float,
         refused: list[Refusal],
     ) -> int:
         """A run that does not fit in its batch: part by part, and event by event in a part
@@ -504,7 +487,7 @@ class BatchBuffer:
             part_ids = None if ids is None else ids[start : start + count]
             if self._fits(batch, len(part), count):
                 if batch is None:
-                    batch = pending[key] = Batch(method, model_id, now)
+                    batch = pending[key] = Batch(method, model_id, self.batch_start)
                     self.open.add(batch)
                 batch.extend([part], len(part), count, first_seq + start, column, part_ids)
                 added += count
@@ -524,7 +507,7 @@ class BatchBuffer:
                         self._seal(key)
                         batch = None
                     if batch is None:
-                        batch = pending[key] = Batch(method, model_id, now)
+                        batch = pending[key] = Batch(method, model_id, self.batch_start)
                         self.open.add(batch)
                     batch.add(event_id, event, seq, column)
                     added += 1
