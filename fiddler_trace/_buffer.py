@@ -198,7 +198,9 @@ class BatchBuffer:
             return False
         queue.append(item)
         depth = len(queue)
-        # Wake the worker when a batch starts (so its age counts from now) and when one fills.
+        # Wake the worker when a batch starts and when one fills. This is submit()'s slow path
+        # (a pipeline starting, a forked child, a full buffer), where the wake-up that
+        # submit() spares a lone publish costs too seldom to matter.
         if (depth == 1 or depth >= self.batch_size) and not self._wake.is_set():
             self._wake.set()
         return True

@@ -282,10 +282,7 @@ def _may_use_tls(url: str) -> bool:
     connection, and the CA bundle that ``verify=True`` loads costs each client 35-65 ms
     (measured), paid by every pipeline a process or a test suite starts. A proxy from the
     environment may itself be ``https://``: then the default stands."""
-    if not url.lower().startswith("http://"):
-        return True
-    proxies = urllib.request.getproxies()  # what httpx's trust_env reads
-    return "http" in proxies or "all" in proxies
+    return not url.lower().startswith("http://") or _proxied(url)
 
 
 def _file_id(file_id: str) -> str:
