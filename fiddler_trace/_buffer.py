@@ -31,6 +31,7 @@ from uuid import UUID
 from fiddler_trace._encoded import PATCH, POST, Batch, find_ends
 from fiddler_trace._event import Event, Update, format_timestamp, update_row
 from fiddler_trace._ids import KEEP_BITS, RECENT, V4_BITS, id_bits, id_text
+from fiddler_trace._native import speedups
 from fiddler_trace._stats import Stats
 
 __all__ = ["DEEP_CHECK", "IDLE_WAIT", "BatchBuffer", "Item", "Refusal", "remember_publish"]
@@ -60,6 +61,9 @@ JoinedEncoder = Callable[[list[dict[str, Any]]], Sequence[tuple[Union[bytes, mem
 # orjson writes a UUID as its canonical string in native code, several times cheaper than
 # formatting the 128-bit int in Python, and the worker never needs the string itself.
 _new_object = object.__new__
+#: The drain loop's iterator in C (fiddler_trace._speedups.Absorber), which also takes the items
+#: that continue a run, as the loop would; None: the loop takes every item.
+_absorber = speedups.Absorber if speedups is not None else None
 _set_uuid_int = UUID.__dict__["int"].__set__
 
 
@@ -303,6 +307,7 @@ class BatchBuffer:
         pending, batch_size, popleft = self.pending, self.batch_size, queue.popleft
         new_object, set_uuid_int, uuid_type, update_type = _new_object, _set_uuid_int, UUID, Update
         plain, number, keep_bits, v4_bits = tuple, int, KEEP_BITS, V4_BITS
+        absorber = _absorber
         # The ids update() can find: consecutive publishes of a run share one owner.
         recent = RECENT
         remembered, owner_of, generation_size = recent.current, recent.owner, recent.generation_size
@@ -326,7 +331,12 @@ class BatchBuffer:
             # The items queued now, popped from C (a starmap), then those queued meanwhile. Until
             # forget_unsent() gives up on the queue, while the lock is let go to encode a run.
             while queue and not self.forgot:
-                for item in starmap(popleft, repeat((), len(queue))):
+                if absorber is None:
+                    items: Iterator[Any] = starmap(popleft, repeat((), len(queue)))
+                else:  # the same items; its follow() takes the ones that continue a run
+                    items = absorber(queue, self, len(queue))
+                    follow = items.follow  # type: ignore[attr-defined]
+                for item in items:
                     self.outstanding += 1
                     if type(item) is plain or not isinstance(item, update_type):
                         model_id, event_id, timestamp, row, id_column, ts_column = item
@@ -355,6 +365,11 @@ class BatchBuffer:
                             remembered[event_id] = run_owner
                             rows.append(row)
                             room -= 1
+                            if absorber is not None and room:
+                                room -= follow(
+                                    rows, remembered, run_owner, post_model, run_column, room,
+                                    stamp_from, stamp, stamp_to,
+                                )  # fmt: skip
                             continue
                         if len(remembered) >= generation_size:  # checked once a run
                             recent.rotate()
@@ -390,6 +405,11 @@ class BatchBuffer:
                     room = batch_size - 1 - (batch.size if batch is not None else 0)
                     if stop:  # this item was taken before: it goes on; the queue stays
                         break
+                    if absorber is not None and room and post_model is not None:
+                        room -= follow(
+                            rows, remembered, run_owner, post_model, run_column, room,
+                            stamp_from, stamp, stamp_to,
+                        )  # fmt: skip
             if rows:
                 self.drained = first + self.outstanding - base
                 counted = self._count(self.outstanding - base - updates, counted)

@@ -21,6 +21,7 @@ The generated source is :data:`_TEMPLATE` with the blanks filled from the functi
 from __future__ import annotations
 
 import time
+from types import BuiltinFunctionType
 from typing import Any, Callable, Optional
 
 from fiddler_trace import _otel, _pipeline
@@ -42,8 +43,44 @@ from fiddler_trace._ids import (
     id_text,
     take_id,
 )
+from fiddler_trace._native import speedups
 
 __all__ = ["compile_sync_wrapper"]
+
+
+def _set_up_speedups() -> Any:
+    """The C wrapper's module, given what it reads; None without it."""
+    if speedups is None:
+        return None
+
+    def count_error() -> None:  # STATS is replaced on reset: looked up per call
+        next(_pipeline.STATS.errors)
+
+    speedups.setup(
+        pipeline_dict=vars(_pipeline),
+        time_dict=vars(time),
+        # The builtin, which the C wrapper reads the clock for itself (one call less); anything
+        # else in time.time (freezegun's fake) is called.
+        system_time=time.time if isinstance(time.time, BuiltinFunctionType) else None,
+        id_pool=ID_POOL,
+        getrandbits=getrandbits,
+        last_var=LAST,
+        otel_var=_otel.CONTEXT_VAR,
+        otel_get=_otel.get_context,
+        add_trace_columns=_otel.add_trace_columns,
+        tag=_otel.tag,
+        id_text=id_text,
+        deferred=DEFERRED,
+        release_updates=release_updates,
+        submit=_pipeline.submit,
+        count_error=count_error,
+        deep_mask=DEEP_CHECK - 1,
+    )
+    return speedups
+
+
+#: The C wrapper's module, or None: every sync wrapper is then the Python one.
+_c = _set_up_speedups()
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
@@ -232,7 +269,33 @@ def compile_sync_wrapper(
     if hasattr(wrapper.__code__, "co_qualname"):  # Python 3.11+
         code_names["co_qualname"] = steps.kind
     wrapper.__code__ = wrapper.__code__.replace(**code_names)
-    return wrapper  # type: ignore[no-any-return]
+    if (
+        _c is None
+        or steps.id_from is not None
+        or steps.own_rate is not None
+        or steps.has_metadata
+        or steps.redact is not None
+        or (free_names is None and bound_names is None)
+    ):
+        return wrapper  # type: ignore[no-any-return]
+    kind, name = steps.kind, steps.name
+
+    def on_error(error: BaseException, event_id: Any) -> None:
+        report(kind, f"could not capture a call of {name}: {describe(error)}")
+
+    # The usual call in C; any other (keywords, sampling, a redactor in the settings, no
+    # pipeline yet, an empty queue) goes to the Python wrapper, which is the reference.
+    return _c.SyncCall(  # type: ignore[no-any-return]
+        fallback=wrapper,
+        free_names=free_names,
+        bound_names=bound_names,
+        model_id=steps.model_id,
+        id_column=steps.id_column,
+        ts_column=steps.ts_column,
+        add_outputs=steps.add_outputs,
+        on_error=on_error,
+        plain_outputs=plain_outputs,
+    )
 
 
 #: The id of a call, 128 random bits the worker drew ahead (it makes them a UUID4, see _ids).

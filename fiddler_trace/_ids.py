@@ -28,12 +28,13 @@ import random
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import repeat
 from types import CodeType, FrameType
 from typing import Optional, Union, cast
 
 from fiddler_trace._clock import monotonic
+from fiddler_trace._native import speedups
 
 __all__ = [
     "CURRENT",
@@ -159,6 +160,12 @@ def seed(value: Optional[int] = None) -> None:
 #: finds it there. The hot path then stores nothing per call to say which
 #: call is running: a per-thread entry set and cleared on every call cost ~1,500 instructions.
 SYNC_CALL_FILE = "<fiddler_trace monitor>"
+#: The sync calls the C wrapper took (:mod:`fiddler_trace._speedups`), which has no frame of its
+#: own to hold the id: ``entered_at(frame)`` is the id of the innermost one running that the
+#: frame made (the monitored function's frame has it as its ``f_back``), or None. None without C.
+_entered_at: Optional[Callable[[FrameType], Optional[EventId]]] = (
+    speedups.entered_at if speedups is not None else None
+)
 #: The code of the async and ``batch=True`` wrappers, which mark the call running in
 #: :data:`CURRENT` (they can be suspended, and the tasks they start run on stacks of their own).
 TASK_CODES: set[CodeType] = set()
@@ -233,37 +240,66 @@ def running_id() -> Optional[EventId]:
     task = _undone(CURRENT.get())
     found = _next_call(sys._getframe(1))
     while found is not None:
-        frame, event_id = found
+        frame, event_id, entered = found
         if event_id is not None:  # a sync call's
             if task is not None and task.within == (id(frame), event_id):
                 return task.event_id
             return event_id
         if task is not None:  # an async or batch call's: the task call
             return task.event_id
-        found = _next_call(frame.f_back)
+        found = _next_after(frame, entered)
     return None if task is None else task.event_id
 
 
-def _next_call(frame: Optional[FrameType]) -> Optional[tuple[FrameType, Optional[EventId]]]:
-    """From ``frame`` up the stack, the first wrapper frame of a captured monitored call:
-    ``(frame, event id)`` for a sync call, ``(frame, None)`` for an async or batch call (its id
-    is in :data:`CURRENT`); None at the bottom. File names are tested by identity first: ~0.1 µs
-    a frame."""
-    sync_file, task_files = SYNC_CALL_FILE, _task_files
+def _next_call(
+    frame: Optional[FrameType],
+) -> Optional[tuple[FrameType, Optional[EventId], Optional[bool]]]:
+    """From ``frame`` up the stack, the first monitored call captured: ``(frame, event id,
+    entered)`` for a sync call, ``(frame, None, None)`` for an async or batch call (its id is in
+    :data:`CURRENT`); None at the bottom. ``entered`` says where a sync call's id was found:
+    True entered by the C wrapper under the frame that made the call, False in the Python
+    wrapper's own frame. Continue a walk with :func:`_next_after`. File names are tested by
+    identity first: ~0.1 µs a frame."""
+    sync_file, task_files, entered_at = SYNC_CALL_FILE, _task_files, _entered_at
     while frame is not None:
-        code = frame.f_code
-        filename = code.co_filename
-        if filename is sync_file:
-            event_id = frame.f_locals.get("event_id")
-            if event_id is not None:  # None: this call is not captured (its capture failed)
-                return frame, event_id
-        elif (
-            filename in task_files
-            and code in TASK_CODES
-            and frame.f_locals.get("state") is not None  # None: not captured
-        ):
-            return frame, None
+        if entered_at is not None:  # a call the frame made is inside whatever the frame is
+            event_id = entered_at(frame)
+            if event_id is not None:
+                return frame, event_id, True
+        found = _own_call(frame, sync_file, task_files)
+        if found is not None:
+            return found
         frame = frame.f_back
+    return None
+
+
+def _next_after(
+    frame: FrameType, entered: Optional[bool]
+) -> Optional[tuple[FrameType, Optional[EventId], Optional[bool]]]:
+    """:func:`_next_call` past the call it found at ``frame`` (``entered`` as it said)."""
+    if entered:  # a call the frame made: the frame itself may be a wrapper's, further out
+        found = _own_call(frame, SYNC_CALL_FILE, _task_files)
+        if found is not None:
+            return found
+    return _next_call(frame.f_back)
+
+
+def _own_call(
+    frame: FrameType, sync_file: str, task_files: tuple[str, ...]
+) -> Optional[tuple[FrameType, Optional[EventId], Optional[bool]]]:
+    """The monitored call whose Python wrapper ``frame`` is, if it is one and captured."""
+    code = frame.f_code
+    filename = code.co_filename
+    if filename is sync_file:
+        event_id = frame.f_locals.get("event_id")
+        if event_id is not None:  # None: this call is not captured (its capture failed)
+            return frame, event_id, False
+    elif (
+        filename in task_files
+        and code in TASK_CODES
+        and frame.f_locals.get("state") is not None  # None: not captured
+    ):
+        return frame, None, None
     return None
 
 
@@ -302,10 +338,10 @@ def _running_calls(frame: Optional[FrameType]) -> Iterator[EventId]:
         task = task.outer
     found = _next_call(frame)
     while found is not None:
-        frame, event_id = found
+        frame, event_id, entered = found
         if event_id is not None:
             yield event_id
-        found = _next_call(frame.f_back)
+        found = _next_after(frame, entered)
 
 
 def enter_task(event_id: Optional[EventId]) -> object:
@@ -319,14 +355,14 @@ def enter_task(event_id: Optional[EventId]) -> object:
     # thread started from C calls it, or a coroutine is stepped from C).
     found = _next_call(sys._getframe(1).f_back)
     while found is not None:
-        frame, sync_id = found
+        frame, sync_id, entered = found
         if sync_id is not None:
             within = (id(frame), sync_id)  # the frame: two calls may share an id
             break
         if outer is not None:  # no sync call between that task call and this one
             within = outer.within
             break
-        found = _next_call(frame.f_back)
+        found = _next_after(frame, entered)
     entry = TaskCall(event_id, within, outer)
     CURRENT.set(entry)
     return entry, previous
@@ -376,10 +412,11 @@ class RecentIds:
     the owner is a small int standing for the ``(model_id, id_column)`` pair (from
     :meth:`owner`), and checks the generation's length once per run of events; the paths that
     do not go through the queue (a full buffer, the test sink) call :meth:`add`, a sampled-out
-    call ``_capture.remember``. Keys are ints (drawn ids) or strings (ids the caller supplied),
-    values small ints: the garbage collector tracks neither, hence not the dict, so holding
-    100,000 ids costs a full collection nothing. A ``model_id`` of None marks an id whose call
-    was sampled out.
+    call ``_capture.remember``. Keys are ints (drawn ids, remembered in Python) or strings (ids
+    the caller supplied, and drawn ids the C drain loop remembers by the string it formats
+    anyway: 36 characters take ~40 bytes more than the int), values small ints: the garbage
+    collector tracks neither, hence not the dict, so holding 100,000 ids costs a full
+    collection nothing. A ``model_id`` of None marks an id whose call was sampled out.
 
     Memory stays bounded by keeping ids in ``GENERATIONS`` generations: when the newest holds
     ``max_ids / GENERATIONS`` ids it is closed and the oldest dropped whole. So ``update()``
@@ -460,15 +497,18 @@ class RecentIds:
     def get(self, event_id: str) -> Optional[tuple[Optional[str], str]]:
         """``(model_id, id_column)`` of ``event_id``; None when unknown or expired."""
         now = monotonic()
-        bits = None
+        others: Optional[tuple[EventId, ...]] = None
         for generation, closed in ((self.current, now), *self.older):
             if now - closed > self.ttl:
                 break  # this one and every older one expired
             owner = generation.get(event_id)
-            if owner is None:  # an id this library drew is remembered by its int
-                if bits is None:
-                    bits = id_bits(event_id) or 0
-                owner = generation.get(bits) if bits else None
+            if owner is None:
+                if others is None:
+                    others = _other_keys(event_id)
+                for key in others:
+                    owner = generation.get(key)
+                    if owner is not None:
+                        break
             if owner is not None:
                 return self._owners[owner]
         return None
@@ -484,6 +524,18 @@ class RecentIds:
     def after_fork(self) -> None:
         """A fork can copy the lock in the held state; the child needs a fresh one."""
         self._lock = threading.Lock()
+
+
+def _other_keys(text: str) -> tuple[EventId, ...]:
+    """The other keys an id given as ``text`` may be remembered by, when it is a UUID: its int
+    (an id this library drew, remembered in Python) and its canonical string (one drawn and
+    remembered by the C drain loop, or supplied by the caller in another form)."""
+    try:
+        value = uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return ()
+    canonical = str(value)
+    return (value.int,) if canonical == text else (value.int, canonical)
 
 
 def id_bits(text: str) -> Optional[int]:

@@ -16,6 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 __all__ = [
+    "CONTEXT_VAR",
     "EVENT_ID_ATTRIBUTE",
     "SPAN_ID_COLUMN",
     "TRACE_ID_COLUMN",
@@ -29,19 +30,22 @@ TRACE_ID_COLUMN = "trace_id"
 SPAN_ID_COLUMN = "span_id"
 
 
-def _context_getter() -> Callable[[], Any]:
+def _context_variable() -> Optional[contextvars.ContextVar[Any]]:
     # get_current() is two Python calls around a context variable's get(); every captured
-    # call asks, so take the variable's own get (one C call) when the runtime context is the
-    # default contextvars one. Any other runtime context keeps the public function.
+    # call asks, so take the variable itself when the runtime context is the default
+    # contextvars one. Any other runtime context keeps the public function.
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
     variable = getattr(runtime, "_current_context", None)
-    if isinstance(variable, contextvars.ContextVar):
-        return variable.get
-    return otel_context.get_current  # pragma: no cover - a configured runtime context
+    return variable if isinstance(variable, contextvars.ContextVar) else None
 
 
+#: The context variable that holds the current OpenTelemetry context, or None when a runtime
+#: context of another kind is configured (then only :data:`get_context` reads it).
+CONTEXT_VAR = _context_variable()
 #: The current OpenTelemetry context; empty (falsy) when nothing, hence no span, is set.
-get_context = _context_getter()
+get_context: Callable[[], Any] = (
+    CONTEXT_VAR.get if CONTEXT_VAR is not None else otel_context.get_current
+)
 _get_span = trace.get_current_span
 
 
