@@ -641,3 +641,18 @@ def test_sampling_is_decided_per_call():
     assert stats["captured"] + stats["sampled_out"] == 2000
     assert stats["captured"] == len(events)
     assert math.isclose(len(events) / 2000, 0.3, abs_tol=0.05)
+
+
+def test_an_id_is_known_in_any_form_a_uuid_is_written_in():
+    """update() finds a drawn id remembered by its int (the Python drain loop) or by its
+    string (the C one) from the canonical string, upper case, braces or a URN."""
+    by_int, by_text = _ids.new_event_bits(), _ids.new_event_bits()
+    _ids.RECENT.add(by_int, MODEL, "event_id")
+    owner = _ids.RECENT.owner(OTHER, "id")
+    _ids.RECENT.current[_ids.format_event_id(by_text)] = owner
+    for bits, known in ((by_int, (MODEL, "event_id")), (by_text, (OTHER, "id"))):
+        text = _ids.format_event_id(bits)
+        for form in (text, text.upper(), "{" + text + "}", "urn:uuid:" + text):
+            assert _ids.RECENT.get(form) == known, form
+    assert _ids.RECENT.get(_ids.new_event_id()) is None
+    assert _ids.RECENT.get("not-a-uuid") is None
