@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import sqlite3
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_a_file_database_has_a_view_of_stored_events(db: str) -> None:
         publish(http, [{"event_id": "c"}])
         http.patch("/v3/events", json=body([{"event_id": "7", "target": 1}]))
         delete(http, event_ids=["c"])
-        with sqlite3.connect(db) as reader:
+        with contextlib.closing(sqlite3.connect(db)) as reader, reader:
             rows = reader.execute(
                 "SELECT model_id, event_id, timestamp, env_type, env_name, event"
                 " FROM stored_events ORDER BY seq"
@@ -146,7 +147,7 @@ PRAGMA user_version=1;
 @pytest.fixture
 def v1_db(db: str) -> str:
     """A database as the first version of the collector wrote it (a row per event)."""
-    with sqlite3.connect(db) as writer:
+    with contextlib.closing(sqlite3.connect(db)) as writer, writer:
         writer.executescript(_V1_SCHEMA)
         writer.executemany("INSERT INTO models VALUES (?, ?)", [(1, MODEL), (2, OTHER_MODEL)])
         writer.executemany(
@@ -178,7 +179,7 @@ def test_a_first_version_database_is_migrated(v1_db: str) -> None:
         assert [update["event_id"] for update in collector.updates()] == ["a"]
         assert publish(http, [{"event_id": "7"}, {"event_id": "new"}]) == ["7", "new"]
         assert collector.stats()["duplicates"] == 1
-    with sqlite3.connect(v1_db) as reader:
+    with contextlib.closing(sqlite3.connect(v1_db)) as reader, reader:
         assert reader.execute("PRAGMA user_version").fetchone()[0] == 2
         tables = {row[0] for row in reader.execute("SELECT name FROM sqlite_master")}
         assert "events" not in tables
@@ -187,7 +188,7 @@ def test_a_first_version_database_is_migrated(v1_db: str) -> None:
 
 def test_a_database_of_an_unknown_version_is_refused(db: str) -> None:
     """A database written by a later schema version is not opened (nor changed)."""
-    with sqlite3.connect(db) as writer:
+    with contextlib.closing(sqlite3.connect(db)) as writer, writer:
         writer.execute("PRAGMA user_version=99")
     with pytest.raises(sqlite3.DatabaseError, match="schema version 99"):
         Collector(db=db).start()

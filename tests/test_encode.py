@@ -136,7 +136,7 @@ class Node:
     "bad",
     [
         pytest.param("cyclic-dataclass", id="cyclic-dataclass"),
-        pytest.param(np.datetime64("NaT"), id="numpy-nat"),
+        pytest.param(np.datetime64("NaT", "ns"), id="numpy-nat"),
         pytest.param({2**70: "huge key"}, id="huge-int-key"),
     ],
 )
