@@ -73,6 +73,7 @@ def _set_up_speedups() -> Any:
         deferred=DEFERRED,
         release_updates=release_updates,
         submit=_pipeline.submit,
+        ready=_pipeline.ready,
         count_error=count_error,
         deep_mask=DEEP_CHECK - 1,
     )
@@ -283,8 +284,8 @@ def compile_sync_wrapper(
     def on_error(error: BaseException, event_id: Any) -> None:
         report(kind, f"could not capture a call of {name}: {describe(error)}")
 
-    # The usual call in C; any other (keywords, sampling, a redactor in the settings, no
-    # pipeline yet, an empty queue) goes to the Python wrapper, which is the reference.
+    # The usual call in C; any other (keywords, sampling or a redactor in the settings) goes
+    # to the Python wrapper, which is the reference.
     return _c.SyncCall(  # type: ignore[no-any-return]
         fallback=wrapper,
         free_names=free_names,

@@ -1,10 +1,10 @@
 /* The sync wrapper of @monitor in C, for the usual call (see fiddler_trace/_compiled.py).
  *
  * The compiled Python wrapper (_compiled.py) is the reference: this type does what it does for
- * a call that passes every parameter by position, with capture on, the pipeline running and
- * its queue not empty, a sample rate of 1 and no redactor in the settings. Every other call is
- * handed to that Python wrapper, unchanged, before anything happens: a call is never half
- * captured here and half there. What the Python wrapper pays for in bytecode (a frame, a dozen
+ * a call that passes every parameter by position, with a sample rate of 1 and no redactor in
+ * the settings, of a function whose monitor has no event_id=, sample_rate=, metadata= or
+ * redact= of its own. Every other call is handed to that Python wrapper, unchanged, before
+ * anything happens: a call is never half captured here and half there. What the Python wrapper pays for in bytecode (a frame, a dozen
  * builtin calls at ~300-400 instructions each on this interpreter, the attribute reads) costs
  * a few C calls here.
  *
@@ -37,6 +37,7 @@ static PyObject *id_text;         /* _ids.id_text */
 static PyObject *deferred;        /* _capture.DEFERRED, a dict */
 static PyObject *release_updates; /* _capture.release_updates */
 static PyObject *submit;          /* _pipeline.submit */
+static PyObject *ready;           /* _pipeline.ready */
 static PyObject *count_error;     /* next(STATS.errors), as a function of no arguments */
 static PyObject *int_128;
 static long deep_mask;
@@ -449,15 +450,23 @@ sync_call(SyncCall *self, PyObject *const *argv, size_t nargsf, PyObject *kwname
     if (settings == NULL || settings == Py_None || settings_usable(settings) <= 0) {
         goto fallback;
     }
-    /* No lane, or an empty queue: the first capture, a fork that bypassed the hooks, or the
-     * worker's turn; the Python wrapper checks on the process first (pipeline.ready()). */
+    /* No lane (no pipeline yet, or the test sink), or an empty queue (the worker's turn, or
+     * a fork that bypassed the hooks): the process is checked before the id is drawn, as the
+     * Python wrapper does. */
     lane = current_lane();
-    if (lane == NULL) {
+    if (lane == NULL && PyErr_Occurred()) {
         goto fallback;
     }
-    Py_ssize_t depth = PyObject_Size(lane_queue);
-    if (depth <= 0) {
+    Py_ssize_t depth = lane == NULL ? 0 : PyObject_Size(lane_queue);
+    if (depth < 0) {
         goto fallback;
+    }
+    if (depth == 0) {
+        PyObject *done = PyObject_CallNoArgs(ready);  /* never raises */
+        if (done == NULL) {
+            goto fallback;
+        }
+        Py_DECREF(done);
     }
     start = now();
     if (start == NULL) {
@@ -970,15 +979,15 @@ setup(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {
         "pipeline_dict", "time_dict", "system_time", "id_pool", "getrandbits", "last_var",
         "otel_var", "otel_get", "add_trace_columns", "tag", "id_text", "deferred",
-        "release_updates", "submit", "count_error", "deep_mask", NULL};
-    PyObject *values[15];
+        "release_updates", "submit", "ready", "count_error", "deep_mask", NULL};
+    PyObject *values[16];
     long mask;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$O!O!OO!OOOOOOOO!OOOl", keywords, &PyDict_Type, &values[0],
+            args, kwargs, "$O!O!OO!OOOOOOOO!OOOOl", keywords, &PyDict_Type, &values[0],
             &PyDict_Type, &values[1], &values[2], &PyList_Type, &values[3], &values[4],
             &values[5], &values[6], &values[7], &values[8], &values[9],
             &values[10], &PyDict_Type, &values[11], &values[12], &values[13], &values[14],
-            &mask)) {
+            &values[15], &mask)) {
         return NULL;
     }
     if (!PyContextVar_CheckExact(values[5]) ||
@@ -988,8 +997,9 @@ setup(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     PyObject **slots[] = {&pipeline_dict, &time_dict, &system_time, &id_pool, &getrandbits,
                           &last_var, &otel_var, &otel_get, &add_trace_columns, &tag_span,
-                          &id_text, &deferred, &release_updates, &submit, &count_error};
-    for (int i = 0; i < 15; i++) {
+                          &id_text, &deferred, &release_updates, &submit, &ready,
+                          &count_error};
+    for (int i = 0; i < 16; i++) {
         Py_INCREF(values[i]);
         Py_XSETREF(*slots[i], values[i]);
     }

@@ -1,10 +1,9 @@
 """The C extension (fiddler_trace/_speedups.c) against the Python code it stands in for.
 
-The whole suite runs twice in CI, with the extension and with ``FIDDLER_TRACE_NO_EXTENSIONS=1``.
-Most tests capture through the test sink, where the C wrapper hands every call to the Python
-one; these drive the C paths themselves over loopback (a running pipeline whose queue is not
-empty: a long ``flush_interval`` keeps it so) and check that they were taken, then compare
-the drain loop's results with and without the C part, item by item.
+The whole suite runs twice in CI, with the extension and with ``FIDDLER_TRACE_NO_EXTENSIONS=1``,
+so every test of a sync monitored call runs through both wrappers. These check, over loopback,
+that the C wrapper took the calls it should and captured them as the Python one does, and
+compare the drain loop's results with and without its C part, item by item.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fiddler_trace
-from fiddler_trace import _buffer, _ids, _native, _pipeline
+from fiddler_trace import _buffer, _ids, _native, _pipeline, testing
 from fiddler_trace._buffer import BatchBuffer
 from fiddler_trace._encode import Encoder
 from fiddler_trace._event import Update
@@ -61,8 +60,9 @@ def collector() -> Iterator[Collector]:
 
 
 def warm(predict: Any) -> None:
-    """Start the pipeline and keep an event queued until :func:`flush`: from then on the C
-    wrapper takes calls. The worker cannot drain meanwhile: this thread holds its lock."""
+    """Start the pipeline and keep an event queued until :func:`flush`: the calls then take
+    the C wrapper's path in a filled queue. The worker cannot drain meanwhile: this thread
+    holds its lock."""
     predict(0, 0)
     lane = _pipeline.lane
     assert lane is not None
@@ -143,6 +143,32 @@ def test_a_call_the_c_wrapper_does_not_take_goes_to_the_python_wrapper(
         (3, 7, 3),
         (4, 5, 4),
     ]
+
+
+def test_the_c_wrapper_takes_calls_into_an_empty_queue_and_the_test_sink() -> None:
+    """The first call starts the pipeline; a call into an empty queue checks the process first
+    (pipeline.ready()); the test sink receives what it would from the Python wrapper."""
+    seen = []
+
+    @fiddler_trace.monitor(MODEL)
+    def predict(age, income):
+        seen.append(taken_in_c())
+        return {"score": age}
+
+    with testing.capture() as events:
+        predict(1, 2)
+    assert seen == [True]
+    assert [(row["age"], row["income"], row["score"]) for row in events] == [(1, 2, 1)]
+    assert events[0]["event_id"] == fiddler_trace.last_event_id()
+    with Collector(port=0) as running:
+        fiddler_trace.init(enabled=True, url=running.url, token="t")
+        predict(3, 4)  # no pipeline yet: this call starts it
+        assert fiddler_trace.flush(10)
+        predict(5, 6)  # an empty queue
+        assert fiddler_trace.flush(10)
+        assert [row["age"] for row in running.events(MODEL)] == [3, 5]
+        fiddler_trace.shutdown()
+    assert seen == [True, True, True]
 
 
 def test_an_exception_passes_through_the_c_wrapper_untouched(collector: Collector) -> None:
