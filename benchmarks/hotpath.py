@@ -16,6 +16,9 @@ per-call ones pooled from several fresh interpreters: see :func:`bench_micro`):
   worker's ``pthread_getcpuclockid`` clock), over the same loops;
 - ``logger.info(..., extra={"fiddler": <5 columns>})`` with a ``FiddlerHandler`` against the
   same call on a logger without it;
+- calls far apart: the caller's thread CPU of single calls made 60 ms apart, so that the worker
+  sleeps and the queue is empty at each (a service answering a request now and then, caches
+  cold), against the bare call timed the same way between them, in a fresh subprocess;
 - end to end: events/s from one producer thread to ``fiddler-trace collector`` in a subprocess;
 - memory: RSS growth while 1,000,000 events are produced with the server down (a closed port),
   default limits, in a fresh subprocess;
@@ -26,7 +29,9 @@ per-call ones pooled from several fresh interpreters: see :func:`bench_micro`):
   installed (``pip install -e ".[bench]"``): the same function with an OpenTelemetry span per
   call (BatchSpanProcessor, OTLP/HTTP exporter, defaults) to a loopback sink in this process.
 
-Timing is the benchmark's business, not the tests': no test asserts on these numbers.
+``FIDDLER_TRACE_NO_EXTENSIONS=1`` in the environment times the pure-Python wrapper and drain
+loop (the subprocesses inherit it). Timing is the benchmark's business, not the tests': no test
+asserts on these numbers.
 """
 
 from __future__ import annotations
@@ -401,6 +406,47 @@ def bench_micro(processes: int, repeats: int, sections: set[str]) -> dict[str, A
     return result
 
 
+SPARSE_GAP = 0.06  # seconds between calls: longer than the idle worker's wait (50 ms)
+
+
+def sparse_child(pairs: int) -> None:
+    """Single calls far apart (see :func:`bench_sparse`); prints their CPU times as JSON."""
+    sink, url = start_sink()
+    try:
+        # flush_interval 50 ms: the worker takes each event before the next call comes.
+        fiddler_trace.init(enabled=True, url=url, token="bench", flush_interval=0.05)
+        monitored = fiddler_trace.monitor(MODEL)(predict)
+        monitored(41, 72000.0, "EU", 3, "gold")  # starts the pipeline
+        fiddler_trace.flush(10)
+        bare: list[float] = []
+        captured: list[float] = []
+        for _ in range(pairs):
+            for func, costs in ((predict, bare), (monitored, captured)):
+                time.sleep(SPARSE_GAP)
+                start = time.thread_time_ns()
+                func(41, 72000.0, "EU", 3, "gold")
+                costs.append((time.thread_time_ns() - start) / 1e3)
+    finally:
+        testing.reset()
+        sink.terminate()
+        sink.wait(10)
+    print(json.dumps({"bare": bare, "monitored": captured}), flush=True)
+
+
+def bench_sparse(pairs: int) -> dict[str, Any]:
+    """A call made while the worker sleeps, ``pairs`` times, each after a pause, alternating
+    with the bare call: medians of the caller's thread CPU per call, in a fresh interpreter."""
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--sparse-child", str(pairs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    runs = json.loads(output.strip().splitlines()[-1])
+    return {**paired(runs["bare"], runs["monitored"]), "pairs": pairs, "runs": runs}
+
+
 def bench_end_to_end(url: str, events: int, repeats: int) -> dict[str, Any]:
     """Events/s from one thread calling the monitored function until the collector has all."""
     rates = []
@@ -623,6 +669,10 @@ def table(result: dict[str, Any]) -> str:
             versus("  caller wall, loop", per_call["emit"]),
             versus("  caller wall, loop + flush", per_call["emit_with_flush"]),
         ]
+    if "sparse" in result:
+        lines.append(
+            versus(f"calls {SPARSE_GAP * 1000:.0f} ms apart, caller's thread CPU", result["sparse"])
+        )
     if "end_to_end" in result:
         e2e = result["end_to_end"]
         lines.append(
@@ -671,13 +721,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--url", help="a running collector for the end-to-end figure")
     parser.add_argument(
         "--only",
-        default="emit,end_to_end,memory,opentelemetry",
-        help="comma-separated optional sections (default: all): emit, end_to_end, memory, "
-        "opentelemetry; the per-call figures of @monitor always run",
+        default="emit,sparse,end_to_end,memory,opentelemetry",
+        help="comma-separated optional sections (default: all): emit, sparse, end_to_end, "
+        "memory, opentelemetry; the per-call figures of @monitor always run",
     )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--micro-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sink-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sparse-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sections = set(args.only.split(","))
     if args.memory_child:
@@ -689,6 +740,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.sink_child:
         sink_child()
         return 0
+    if args.sparse_child:
+        sparse_child(args.sparse_child)
+        return 0
     processes = args.processes or (2 if args.quick else 5)
     repeats = args.repeats or (5 if args.quick else 7)
     result: dict[str, Any] = {
@@ -699,6 +753,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     logging.getLogger("fiddler_trace").setLevel(logging.ERROR)  # the memory run warns of drops
     result["per_call"] = bench_micro(processes, repeats, sections)
+    if "sparse" in sections:
+        result["sparse"] = bench_sparse(40 if args.quick else 100)
     if "end_to_end" in sections:
         collector, url = (None, args.url) if args.url else start_collector()
         try:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Union
 
 import orjson
 
-__all__ = ["Encoder", "dumps", "iso_utc", "to_json_value"]
+__all__ = ["KEY_COLUMNS", "Encoder", "dumps", "iso_utc", "keep_whole", "to_json_value"]
 
 logger = logging.getLogger("fiddler_trace")
 
@@ -123,6 +123,17 @@ def to_json_value(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+#: The id and timestamp columns of every monitor and handler, as they are made: a row's own
+#: string there is never cut, whatever ``max_value_chars`` is (it is the key updates and time
+#: ranges match on; a drawn id is one too, a 36-character string).
+KEY_COLUMNS: set[str] = {"event_id", "timestamp"}
+
+
+def keep_whole(*columns: str) -> None:
+    """Add columns to :data:`KEY_COLUMNS`."""
+    KEY_COLUMNS.update(columns)
+
+
 class Encoder:
     """Encodes rows as JSON with the value rules above. Used by the worker thread only.
 
@@ -208,9 +219,17 @@ class Encoder:
         return None
 
     def _shorten(self, value: Any, encoded: bytes) -> bytes:
-        """``value`` encodes to more than max_value_chars bytes: cut its long strings, if any."""
+        """``value`` encodes to more than max_value_chars bytes: cut its long strings, if any,
+        but a row's own id and timestamp (:data:`KEY_COLUMNS`)."""
         cut = [0]
-        shortened = _truncate(value, self.max_value_chars, cut, set())
+        if type(value) is dict:
+            limit, seen = self.max_value_chars, {id(value)}
+            shortened = {
+                k: v if k in KEY_COLUMNS and type(v) is str else _truncate(v, limit, cut, seen)
+                for k, v in list(value.items())
+            }
+        else:
+            shortened = _truncate(value, self.max_value_chars, cut, set())
         if cut[0]:
             if self._on_truncate is not None:
                 self._on_truncate(cut[0])

@@ -161,9 +161,10 @@ def seed(value: Optional[int] = None) -> None:
 #: call is running: a per-thread entry set and cleared on every call cost ~1,500 instructions.
 SYNC_CALL_FILE = "<fiddler_trace monitor>"
 #: The sync calls the C wrapper took (:mod:`fiddler_trace._speedups`), which has no frame of its
-#: own to hold the id: ``entered_at(frame)`` is the id of the innermost one running that the
-#: frame made (the monitored function's frame has it as its ``f_back``), or None. None without C.
-_entered_at: Optional[Callable[[FrameType], Optional[EventId]]] = (
+#: own to hold the id: ``entered_at(frame, depth=0)`` is the id of the innermost one running that
+#: the frame made (the monitored function's frame has it as its ``f_back``; depth 1: the one
+#: around it, made from the same frame by a caller in C), or None. None without C.
+_entered_at: Optional[Callable[..., Optional[EventId]]] = (
     speedups.entered_at if speedups is not None else None
 )
 #: The code of the async and ``batch=True`` wrappers, which mark the call running in
@@ -253,19 +254,19 @@ def running_id() -> Optional[EventId]:
 
 def _next_call(
     frame: Optional[FrameType],
-) -> Optional[tuple[FrameType, Optional[EventId], Optional[bool]]]:
+) -> Optional[tuple[FrameType, Optional[EventId], Optional[int]]]:
     """From ``frame`` up the stack, the first monitored call captured: ``(frame, event id,
     entered)`` for a sync call, ``(frame, None, None)`` for an async or batch call (its id is in
     :data:`CURRENT`); None at the bottom. ``entered`` says where a sync call's id was found:
-    True entered by the C wrapper under the frame that made the call, False in the Python
-    wrapper's own frame. Continue a walk with :func:`_next_after`. File names are tested by
-    identity first: ~0.1 µs a frame."""
+    n > 0, the n-th innermost entered by the C wrapper under the frame that made the call; 0,
+    the Python wrapper's own frame. Continue a walk with :func:`_next_after`. File names are
+    tested by identity first: ~0.1 µs a frame."""
     sync_file, task_files, entered_at = SYNC_CALL_FILE, _task_files, _entered_at
     while frame is not None:
         if entered_at is not None:  # a call the frame made is inside whatever the frame is
             event_id = entered_at(frame)
             if event_id is not None:
-                return frame, event_id, True
+                return frame, event_id, 1
         found = _own_call(frame, sync_file, task_files)
         if found is not None:
             return found
@@ -274,10 +275,14 @@ def _next_call(
 
 
 def _next_after(
-    frame: FrameType, entered: Optional[bool]
-) -> Optional[tuple[FrameType, Optional[EventId], Optional[bool]]]:
+    frame: FrameType, entered: Optional[int]
+) -> Optional[tuple[FrameType, Optional[EventId], Optional[int]]]:
     """:func:`_next_call` past the call it found at ``frame`` (``entered`` as it said)."""
-    if entered:  # a call the frame made: the frame itself may be a wrapper's, further out
+    if entered:  # a call the frame made: one around it made from there too, or the frame's own
+        assert _entered_at is not None
+        event_id = _entered_at(frame, entered)
+        if event_id is not None:
+            return frame, event_id, entered + 1
         found = _own_call(frame, SYNC_CALL_FILE, _task_files)
         if found is not None:
             return found
@@ -286,14 +291,14 @@ def _next_after(
 
 def _own_call(
     frame: FrameType, sync_file: str, task_files: tuple[str, ...]
-) -> Optional[tuple[FrameType, Optional[EventId], Optional[bool]]]:
+) -> Optional[tuple[FrameType, Optional[EventId], Optional[int]]]:
     """The monitored call whose Python wrapper ``frame`` is, if it is one and captured."""
     code = frame.f_code
     filename = code.co_filename
     if filename is sync_file:
         event_id = frame.f_locals.get("event_id")
         if event_id is not None:  # None: this call is not captured (its capture failed)
-            return frame, event_id, False
+            return frame, event_id, 0
     elif (
         filename in task_files
         and code in TASK_CODES

@@ -30,6 +30,7 @@ from fiddler_trace._capture import (
     report,
 )
 from fiddler_trace._config import Settings
+from fiddler_trace._encode import keep_whole
 from fiddler_trace._ids import EventId, draw, draw_id, id_text
 from fiddler_trace._worker import THREAD_NAME
 
@@ -133,6 +134,7 @@ class FiddlerHandler(logging.Handler):
         self.timestamp_column = check_column(
             "FiddlerHandler(timestamp_column=...)", timestamp_column
         )
+        keep_whole(self.event_id_column, self.timestamp_column)
         self.redact = check_redact("FiddlerHandler(redact=...)", redact)
         self.sample_rate = check_sample_rate("FiddlerHandler(sample_rate=...)", sample_rate)
         _pipeline.settings()  # a bad FIDDLER_* variable fails here, at configuration time

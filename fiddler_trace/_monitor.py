@@ -36,6 +36,7 @@ from fiddler_trace._capture import (
 )
 from fiddler_trace._compiled import compile_sync_wrapper
 from fiddler_trace._config import Settings
+from fiddler_trace._encode import keep_whole
 from fiddler_trace._errors import ConfigurationError
 from fiddler_trace._ids import (
     LAST,
@@ -185,6 +186,7 @@ class Capture:
         self.event_id = event_id
         self.id_column = event_id_column
         self.ts_column = timestamp_column
+        keep_whole(event_id_column, timestamp_column)
         self.metadata_fn: Optional[Callable[[], Any]] = metadata if callable(metadata) else None
         self.metadata: Optional[dict[str, Any]] = (
             dict(metadata) if isinstance(metadata, Mapping) and metadata else None

@@ -23,6 +23,7 @@ from fiddler_trace._clock import Clock, monotonic
 from fiddler_trace._config import Settings, load_settings
 from fiddler_trace._encode import Encoder
 from fiddler_trace._event import Update
+from fiddler_trace._native import speedups
 from fiddler_trace._spool import Spool
 from fiddler_trace._spooler import Spooler
 from fiddler_trace._stats import Stats, read_count
@@ -351,6 +352,8 @@ def _refresh_lane() -> None:
     with _lock:
         current = _current
         lane = current.buffer if _sink is None and current is not None and current.running else None
+        if speedups is not None:  # the C wrapper keeps what it read of the lane until told
+            speedups.lane_changed()
 
 
 def current() -> Optional[Pipeline]:

@@ -26,6 +26,7 @@
 static PyObject *pipeline_dict;   /* fiddler_trace._pipeline.__dict__: _settings, lane */
 static PyObject *time_dict;       /* time.__dict__: time (freezegun replaces it there) */
 static PyObject *system_time;     /* the builtin time.time, or None */
+static PyCFunction system_time_function; /* its C function when setup() ran */
 static PyObject *id_pool;         /* _ids.ID_POOL, a list of 128-bit ints drawn ahead */
 static PyObject *getrandbits;     /* _ids.getrandbits */
 static PyObject *last_var;        /* _ids.LAST, a ContextVar */
@@ -118,14 +119,32 @@ leave(PyObject *frame, PyObject *event_id)
 }
 
 static PyObject *
-entered_at(PyObject *module, PyObject *frame)
+entered_at(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    Py_ssize_t skip = 0;
+    if (nargs < 1 || nargs > 2 || (nargs == 2 && (skip = PyLong_AsSsize_t(args[1])) < 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "entered_at(frame, depth=0)");
+        }
+        return NULL;
+    }
     for (Py_ssize_t i = entered_count - 1; i >= 0; i--) {  /* the innermost first */
-        if (entered[i].frame == frame) {
+        if (entered[i].frame == args[0] && skip-- == 0) {
             Py_INCREF(entered[i].event_id);
             return entered[i].event_id;
         }
     }
+    Py_RETURN_NONE;
+}
+
+/* Forget the lane read last (pipeline._refresh_lane calls this): a stopped pipeline's buffer,
+ * and what hangs on it, is not kept for the next call to notice. */
+static PyObject *
+lane_changed(PyObject *module, PyObject *unused)
+{
+    Py_CLEAR(known_lane);
+    Py_CLEAR(lane_queue);
+    Py_CLEAR(lane_append);
     Py_RETURN_NONE;
 }
 
@@ -141,8 +160,11 @@ now(void)
         return NULL;
     }
 #ifdef CLOCK_REALTIME
+    /* time-machine patches the builtin in place (its C function): the object stays the same,
+     * the function it calls does not. */
     struct timespec ts;
-    if (clock == system_time && clock_gettime(CLOCK_REALTIME, &ts) == 0) {
+    if (clock == system_time && PyCFunction_GET_FUNCTION(clock) == system_time_function &&
+        clock_gettime(CLOCK_REALTIME, &ts) == 0) {
         long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
         return PyFloat_FromDouble((double)ns / 1e9);
     }
@@ -489,8 +511,8 @@ sync_call(SyncCall *self, PyObject *const *argv, size_t nargsf, PyObject *kwname
 
     result = PyObject_Vectorcall(wrapped, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args),
                                  NULL);
-    leave(frame, event_id);
     if (result == NULL) {
+        leave(frame, event_id);
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
         if (PyErr_GivenExceptionMatches(type, PyExc_Exception)) {
@@ -508,7 +530,19 @@ sync_call(SyncCall *self, PyObject *const *argv, size_t nargsf, PyObject *kwname
         return NULL;
     }
     set_last(event_id);
-    if (capture(self, names, args, result, event_id, start) < 0) {
+    /* Still entered: outputs= and the rest run inside the call, as in the Python wrapper,
+     * whose frame holds the id until it returns. */
+    int captured = capture(self, names, args, result, event_id, start);
+    leave(frame, event_id);
+    if (captured < 0 && !PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* An interrupt (KeyboardInterrupt, SystemExit) while capturing: the Python wrapper
+         * catches Exception only, so it reaches the host, the result is dropped. */
+        Py_DECREF(result);
+        Py_DECREF(event_id);
+        Py_DECREF(start);
+        return NULL;
+    }
+    if (captured < 0) {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
         PyErr_NormalizeException(&type, &value, &traceback);
@@ -528,10 +562,17 @@ sync_call(SyncCall *self, PyObject *const *argv, size_t nargsf, PyObject *kwname
     return result;
 
 fallback:
-    /* Nothing was called yet: the Python wrapper takes the call from the start. */
-    PyErr_Clear();
+    /* The host's function was not called yet: the Python wrapper takes the call from the
+     * start, unless an interrupt came (from time.time() or pipeline.ready()): the Python
+     * wrapper lets those through before the call, so does this one. */
     Py_XDECREF(event_id);
     Py_XDECREF(start);
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
     return PyObject_Vectorcall(self->fallback, argv, nargsf, kwnames);
 }
 
@@ -1004,6 +1045,8 @@ setup(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_XSETREF(*slots[i], values[i]);
     }
     deep_mask = mask;
+    system_time_function =
+        PyCFunction_Check(system_time) ? PyCFunction_GET_FUNCTION(system_time) : NULL;
     Py_CLEAR(usable_settings);
     Py_CLEAR(known_lane);
     Py_CLEAR(lane_queue);
@@ -1014,9 +1057,12 @@ setup(PyObject *module, PyObject *args, PyObject *kwargs)
 static PyMethodDef methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "Give the wrapper the objects it reads (fiddler_trace._compiled does, once)."},
-    {"entered_at", (PyCFunction)entered_at, METH_O,
-     "The id of the innermost sync call this wrapper took from `frame` that is running now, "
+    {"entered_at", (PyCFunction)(void (*)(void))entered_at, METH_FASTCALL,
+     "entered_at(frame, depth=0): the id of the innermost sync call this wrapper took from "
+     "`frame` that is running now (depth=1: the one around it, made from the same frame), "
      "or None."},
+    {"lane_changed", (PyCFunction)lane_changed, METH_NOARGS,
+     "Forget the lane read last: pipeline.lane was recomputed."},
     {NULL},
 };
 

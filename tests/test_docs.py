@@ -16,11 +16,13 @@ import pytest
 
 import fiddler_trace
 from fiddler_trace._config import SETTINGS, Settings
+from fiddler_trace._native import NO_EXTENSIONS_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
-VARIABLES = {s.env for s in SETTINGS if s.env}
+# The settings' variables, and the one read at import to turn the C extension off.
+VARIABLES = {s.env for s in SETTINGS if s.env} | {NO_EXTENSIONS_VARIABLE}
 # Public modules besides the package itself, and names users reach as fiddler_trace.<name>.
 SUBMODULES = {"testing", "collector"}
 

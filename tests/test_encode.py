@@ -19,7 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fiddler_trace
 from fiddler_trace._encode import CYCLE, TRUNCATED, Encoder, dumps
+from fiddler_trace.collector import Collector
+
+MODEL = "6f1c0f0e-1111-4222-8333-444455556666"
+OTHER = "0b5e3b62-2222-4333-8444-555566667777"
 
 
 def roundtrip(value: Any, **kwargs: Any) -> Any:
@@ -241,3 +246,35 @@ def test_a_monitored_call_with_anything_returns_its_result_and_encodes(a, b):
     encoded = json.loads(Encoder()(row))
     assert isinstance(encoded, dict)
     assert {"x", "y", "echo", "event_id", "timestamp"} <= set(encoded)
+
+
+def test_a_row_keeps_its_id_and_timestamp_whole_under_a_small_max_value_chars() -> None:
+    """max_value_chars cuts long strings, not a row's id (a drawn one is a 36-character string
+    where the C drain loop formats it) or timestamp, nor an id the caller gave."""
+    with Collector(port=0) as running:
+        fiddler_trace.init(enabled=True, url=running.url, token="t", max_value_chars=10)
+
+        @fiddler_trace.monitor(MODEL)
+        def predict(age, note):
+            return {"score": age}
+
+        long_id = "caller-" + "x" * 40
+
+        @fiddler_trace.monitor(OTHER, event_id=lambda age, note: long_id)
+        def given(age, note):
+            return {"score": age}
+
+        for i in range(5):
+            predict(i, "a note longer than ten characters")
+        given(1, "another long note")
+        assert fiddler_trace.flush(10)
+        rows = running.events(MODEL)
+        (given_row,) = running.events(OTHER)
+        fiddler_trace.shutdown()
+    assert len(rows) == 5
+    for row in rows:
+        assert uuid.UUID(row["event_id"]).version == 4
+        assert len(row["timestamp"]) == 24
+        assert row["note"].startswith("a note lon")
+        assert row["note"] != "a note longer than ten characters"
+    assert given_row["event_id"] == long_id

@@ -9,10 +9,14 @@ compare the drain loop's results with and without its C part, item by item.
 from __future__ import annotations
 
 import collections
+import datetime
+import gc
 import itertools
 import sys
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -418,6 +422,148 @@ def test_a_failing_capture_is_reported_and_the_result_returned(collector: Collec
     assert seen == [True]
     assert fiddler_trace.stats()["capture_errors"] == before + 1
     assert "outputs failed" in str(fiddler_trace.stats()["last_error"])
+
+
+def test_outputs_run_inside_the_call_and_see_its_id(collector: Collector) -> None:
+    """outputs= runs before the call is over: current_event_id() there is the call's own id
+    (also in a call nested in another), and an update() made there reaches its event."""
+    seen: list[tuple[str, Optional[str]]] = []
+
+    def with_truth(result: Any) -> dict[str, Any]:
+        event_id = fiddler_trace.current_event_id()
+        seen.append(("outputs", event_id))
+        assert event_id is not None
+        fiddler_trace.update(event_id, {"truth": result})
+        return {"score": result}
+
+    @fiddler_trace.monitor(OTHER, outputs=with_truth)
+    def inner(age, income):
+        return age + 1
+
+    @fiddler_trace.monitor(MODEL, outputs=with_truth)
+    def outer(age, income):
+        return inner(age, income) * 10
+
+    warm(inner)
+    warm(outer)
+    seen.clear()
+    outer(1, 2)
+    outer_id = fiddler_trace.last_event_id()
+    assert flush()
+    inner_row = collector.events(OTHER)[-1]
+    outer_row = collector.events(MODEL)[-1]
+    assert seen == [("outputs", inner_row["event_id"]), ("outputs", outer_id)]
+    assert (inner_row["score"], inner_row["truth"]) == (2, 2)
+    assert (outer_row["event_id"], outer_row["score"], outer_row["truth"]) == (outer_id, 20, 20)
+    assert fiddler_trace.stats()["capture_errors"] == 0
+
+
+def test_an_interrupt_while_capturing_reaches_the_host() -> None:
+    """KeyboardInterrupt or SystemExit raised by outputs= or by time.time() is the host's: the
+    Python wrapper lets anything that is not an Exception through, and so does this one."""
+
+    def interrupted(result: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    calls = []
+
+    @fiddler_trace.monitor(MODEL, outputs=interrupted)
+    def predict(age, income):
+        calls.append(taken_in_c())
+        return age
+
+    @fiddler_trace.monitor(MODEL)
+    def plain(age, income):
+        calls.append(taken_in_c())
+        return {"score": age}
+
+    real_time = time.time
+    clock_calls = []
+
+    def exiting_clock() -> float:
+        clock_calls.append(1)
+        raise SystemExit(3)
+
+    with testing.capture() as events:
+        with pytest.raises(KeyboardInterrupt):
+            predict(1, 2)
+        time.time = exiting_clock  # as freezegun does: replaced in the module
+        try:
+            with pytest.raises(SystemExit):
+                plain(1, 2)
+        finally:
+            time.time = real_time
+        plain(3, 4)
+    assert calls == [True, True]  # plain(1, 2) never ran: the clock is read first
+    assert clock_calls == [1]  # not read again by the Python wrapper
+    assert [row["age"] for row in events] == [3]
+    assert fiddler_trace.stats()["capture_errors"] == 0
+
+
+def test_time_machine_reaches_the_c_wrapper(collector: Collector) -> None:
+    """time-machine patches the builtin time.time in place: the C wrapper, which reads the
+    clock itself while time.time is that builtin, sees the patch and calls it."""
+    time_machine = pytest.importorskip("time_machine")
+    seen = []
+
+    @fiddler_trace.monitor(MODEL)
+    def predict(age, income):
+        seen.append(taken_in_c())
+        return {"score": age}
+
+    warm(predict)
+    with time_machine.travel(
+        datetime.datetime(2020, 1, 2, 3, 4, 5, 678000, datetime.timezone.utc), tick=False
+    ):
+        predict(1, 2)
+        travelled = fiddler_trace.last_event_id()
+    assert seen[-1] is True
+    assert flush()
+    (row,) = [row for row in collector.events(MODEL) if row["event_id"] == travelled]
+    assert row["timestamp"] == "2020-01-02T03:04:05.678Z"
+
+
+def test_a_stopped_pipeline_is_not_kept_by_the_c_wrapper() -> None:
+    """What the C wrapper read of a lane is dropped when the lane changes: a shut-down
+    pipeline's buffer is freed."""
+
+    @fiddler_trace.monitor(MODEL)
+    def predict(age, income):
+        return {"score": age}
+
+    with Collector(port=0) as running:
+        fiddler_trace.init(enabled=True, url=running.url, token="t", flush_interval=60.0)
+        for i in range(3):
+            predict(i, i)
+        lane = _pipeline.lane
+        assert lane is not None
+        gone = weakref.ref(lane)
+        del lane
+        fiddler_trace.shutdown()
+    gc.collect()
+    assert gone() is None
+
+
+def test_monitors_stacked_on_one_function_are_both_running_inside_it() -> None:
+    """Two monitors on one function: the C wrappers enter both calls under the same frame;
+    the walk finds the inner as current and both as running (as the fork hook and update()
+    look for them)."""
+    seen: dict[str, Any] = {}
+
+    @fiddler_trace.monitor(OTHER)
+    @fiddler_trace.monitor(MODEL)
+    def predict(age, income):
+        seen["taken"] = taken_in_c()
+        seen["current"] = fiddler_trace.current_event_id()
+        seen["running"] = [_ids.id_text(event_id) for event_id in _ids.running_ids()]
+        return {"score": age}
+
+    with testing.capture() as events:
+        predict(1, 2)
+    ids = {model: row["event_id"] for model, row in zip(events.models, events)}
+    assert seen["taken"] is True
+    assert seen["current"] == ids[MODEL]
+    assert seen["running"] == [ids[MODEL], ids[OTHER]]
 
 
 # -- the drain loop ---------------------------------------------------------------------------
