@@ -15,7 +15,9 @@ case of each step written inline:
 The generated source is :data:`_TEMPLATE` with the blanks filled from the function's
 :class:`~fiddler_trace._inputs.CallPlan` and the monitor's options; names are inserted with
 ``repr()``, so no user text is ever code. Behaviour is that of ``_Steps.begin``/``finish`` in
-:mod:`fiddler_trace._monitor`, which the async wrapper uses: keep the two alike.
+:mod:`fiddler_trace._monitor`, which the async wrapper uses, and of ``SyncCall`` in
+``_speedups.c``: where the C extension is built, the wrapper returned is a ``SyncCall`` that
+takes the usual call and hands any other to this one. Keep the three alike.
 """
 
 from __future__ import annotations
