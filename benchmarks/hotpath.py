@@ -406,6 +406,18 @@ def bench_micro(processes: int, repeats: int, sections: set[str]) -> dict[str, A
     return result
 
 
+def child_json(flag: str, count: int) -> dict[str, Any]:
+    """Run this script in a fresh interpreter with ``flag count``; the JSON it printed last."""
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), flag, str(count)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
 SPARSE_GAP = 0.06  # seconds between calls: longer than the idle worker's wait (50 ms)
 
 
@@ -436,14 +448,7 @@ def sparse_child(pairs: int) -> None:
 def bench_sparse(pairs: int) -> dict[str, Any]:
     """A call made while the worker sleeps, ``pairs`` times, each after a pause, alternating
     with the bare call: medians of the caller's thread CPU per call, in a fresh interpreter."""
-    output = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--sparse-child", str(pairs)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
-    runs = json.loads(output.strip().splitlines()[-1])
+    runs = child_json("--sparse-child", pairs)
     return {**paired(runs["bare"], runs["monitored"]), "pairs": pairs, "runs": runs}
 
 
@@ -470,14 +475,7 @@ def bench_end_to_end(url: str, events: int, repeats: int) -> dict[str, Any]:
 
 def bench_memory(events: int) -> dict[str, Any]:
     """Run :func:`memory_child` in a fresh interpreter and return what it measured."""
-    output = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--memory-child", str(events)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
-    return dict(json.loads(output.strip().splitlines()[-1]))
+    return child_json("--memory-child", events)
 
 
 def _status_kb(field: str) -> int:

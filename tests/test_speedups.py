@@ -48,6 +48,18 @@ def taken_in_c() -> bool:
     return speedups.entered_at(caller) is not None
 
 
+def recording(seen: list[bool]) -> Any:
+    """A monitored ``predict(age, income) -> {"score": age}`` that appends to ``seen`` whether
+    the C wrapper took each call."""
+
+    @fiddler_trace.monitor(MODEL)
+    def predict(age, income):
+        seen.append(taken_in_c())
+        return {"score": age}
+
+    return predict
+
+
 _held: list[Any] = []  # the drain lock warm() took
 
 
@@ -152,12 +164,8 @@ def test_a_call_the_c_wrapper_does_not_take_goes_to_the_python_wrapper(
 def test_the_c_wrapper_takes_calls_into_an_empty_queue_and_the_test_sink() -> None:
     """The first call starts the pipeline; a call into an empty queue checks the process first
     (pipeline.ready()); the test sink receives what it would from the Python wrapper."""
-    seen = []
-
-    @fiddler_trace.monitor(MODEL)
-    def predict(age, income):
-        seen.append(taken_in_c())
-        return {"score": age}
+    seen: list[bool] = []
+    predict = recording(seen)
 
     with testing.capture() as events:
         predict(1, 2)
@@ -346,12 +354,8 @@ def test_an_update_of_an_id_the_c_paths_captured(collector: Collector) -> None:
 
 def test_frozen_time_reaches_the_c_wrapper(collector: Collector) -> None:
     """freezegun replaces time.time: the C wrapper calls it instead of reading the clock."""
-    seen = []
-
-    @fiddler_trace.monitor(MODEL)
-    def predict(age, income):
-        seen.append(taken_in_c())
-        return {"score": age}
+    seen: list[bool] = []
+    predict = recording(seen)
 
     warm(predict)
     with freeze_time("2024-05-06 07:08:09.123"):
@@ -378,12 +382,8 @@ def test_a_span_is_tied_to_an_event_the_c_wrapper_captured(collector: Collector)
     provider = sdk.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    seen = []
-
-    @fiddler_trace.monitor(MODEL)
-    def predict(age, income):
-        seen.append(taken_in_c())
-        return {"score": age}
+    seen: list[bool] = []
+    predict = recording(seen)
 
     warm(predict)
     with tracer.start_as_current_span("request") as span:
@@ -504,12 +504,8 @@ def test_time_machine_reaches_the_c_wrapper(collector: Collector) -> None:
     """time-machine patches the builtin time.time in place: the C wrapper, which reads the
     clock itself while time.time is that builtin, sees the patch and calls it."""
     time_machine = pytest.importorskip("time_machine")
-    seen = []
-
-    @fiddler_trace.monitor(MODEL)
-    def predict(age, income):
-        seen.append(taken_in_c())
-        return {"score": age}
+    seen: list[bool] = []
+    predict = recording(seen)
 
     warm(predict)
     with time_machine.travel(
