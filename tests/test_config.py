@@ -152,3 +152,30 @@ def test_verify_false_in_code_is_allowed_and_warned(caplog):
     """verify=False as an argument works, with a warning."""
     assert load_settings(environ=BASE, verify=False).verify is False
     assert "TLS verification is off" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "c_loaded"), [("1", False), ("off", True), ("", True), ("maybe", None)]
+)
+def test_the_variable_that_turns_the_c_extension_off_is_read_as_a_boolean(value, c_loaded):
+    """FIDDLER_TRACE_NO_EXTENSIONS: true turns the C extension off, false or empty leaves it;
+    anything else is refused at import, naming the variable and what is accepted."""
+    import os
+    import subprocess
+    import sys
+
+    from fiddler_trace._native import speedups
+
+    if speedups is None and c_loaded:
+        pytest.skip("the C extension is not built here, or turned off")
+    env = {**os.environ, "FIDDLER_TRACE_NO_EXTENSIONS": value}
+    code = "import fiddler_trace._native as n; print(n.speedups is not None)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    if c_loaded is None:
+        assert result.returncode != 0
+        assert "environment variable FIDDLER_TRACE_NO_EXTENSIONS is 'maybe'" in result.stderr
+        assert "accepted: true/false" in result.stderr
+    else:
+        assert result.stdout.strip() == str(c_loaded)
